@@ -1,0 +1,29 @@
+"""coapio: a trio-native, structured-concurrency CoAP stack.
+
+The public API is what ``__all__`` lists, plus the modules :mod:`coapio.error`, :mod:`coapio.uri`,
+:mod:`coapio.linkformat` and :mod:`coapio.messagelayer` (the sans-IO RFC 7252 message layer). Every
+other name may change between releases.
+"""
+
+from .codes import Code, Type
+from .contentformat import ContentFormat
+from .error import CoapError, MessageFormatError
+from .message import Message
+from .options import BlockValue, OptionNumber, Options
+from .tuning import TransportTuning
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "BlockValue",
+    "CoapError",
+    "Code",
+    "ContentFormat",
+    "Message",
+    "MessageFormatError",
+    "OptionNumber",
+    "Options",
+    "TransportTuning",
+    "Type",
+    "__version__",
+]

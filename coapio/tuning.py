@@ -1,0 +1,89 @@
+"""Transmission parameters (RFC 7252 §4.8) and the memory bounds of the message layer, as one value.
+
+The RFC's derived times (§4.8.2) are properties, so changing ACK_TIMEOUT or MAX_RETRANSMIT moves
+EXCHANGE_LIFETIME and friends with them, as the RFC requires.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["TransportTuning"]
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, got {value!r}")
+
+
+@attrs.frozen(slots=True)
+class TransportTuning:
+    """How an endpoint paces, retries and remembers; pass a changed copy with ``attrs.evolve``.
+
+    The first group are RFC 7252 §4.8.1's parameters with their defaults. ``empty_ack_delay`` is how long
+    a server waits for its handler before acknowledging a CON request with an empty ACK (the response then
+    follows as a separate message). The ``max_*`` bounds keep memory finite under load or attack: when the
+    deduplication cache is full its oldest entries are forgotten early — a duplicate of a forgotten CON that
+    arrives late would then be processed a second time, which is the documented price of a bounded cache.
+    """
+
+    ack_timeout: float = attrs.field(default=2.0, validator=_positive)
+    ack_random_factor: float = 1.5
+    max_retransmit: int = 4
+    nstart: int = attrs.field(default=1, validator=_at_least_one)
+    default_leisure: float = 5.0
+    probing_rate: float = attrs.field(default=1.0, validator=_positive)  # bytes per second
+    max_latency: float = 100.0
+
+    empty_ack_delay: float = 0.2
+    #: How long a NON request holds its NSTART slot when no response comes (None: MAX_TRANSMIT_SPAN).
+    non_response_timeout: float | None = None
+
+    max_dedup_entries: int = attrs.field(default=50_000, validator=_at_least_one)
+    max_dedup_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_at_least_one)
+    max_queued_per_peer: int = attrs.field(default=1_000, validator=_at_least_one)
+    max_tracked_non: int = attrs.field(default=10_000, validator=_at_least_one)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ack_random_factor < 1:
+            raise ValueError("ack_random_factor must be at least 1")
+        if self.max_retransmit < 0:
+            raise ValueError("max_retransmit must not be negative")
+
+    @property
+    def processing_delay(self) -> float:
+        return self.ack_timeout
+
+    @property
+    def max_transmit_span(self) -> float:
+        """Longest time from the first to the last transmission of a CON (45 s by default)."""
+        return self.ack_timeout * ((1 << self.max_retransmit) - 1) * self.ack_random_factor
+
+    @property
+    def max_transmit_wait(self) -> float:
+        """Longest time from the first transmission of a CON until giving up (93 s by default)."""
+        return self.ack_timeout * ((1 << (self.max_retransmit + 1)) - 1) * self.ack_random_factor
+
+    @property
+    def max_rtt(self) -> float:
+        return 2 * self.max_latency + self.processing_delay
+
+    @property
+    def exchange_lifetime(self) -> float:
+        """How long a CON's message ID stays in use (247 s by default)."""
+        return self.max_transmit_span + 2 * self.max_latency + self.processing_delay
+
+    @property
+    def non_lifetime(self) -> float:
+        """How long a NON's message ID stays in use (145 s by default)."""
+        return self.max_transmit_span + self.max_latency
+
+    @property
+    def non_timeout(self) -> float:
+        t = self.non_response_timeout
+        return self.max_transmit_span if t is None else t

@@ -1,0 +1,50 @@
+"""Developer sessions: ``nox -s tests lint typing docs`` (and ``bench`` for the benchmarks)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite; pass pytest arguments after ``--``."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Long hypothesis runs of every decoder and of the stateful message-layer test."""
+    session.install("-e", ".[test]")
+    session.env["HYPOTHESIS_PROFILE"] = "fuzz"
+    session.env["COAPIO_STATEFUL_EXAMPLES"] = "5000"
+    session.run("pytest", "-q", "-k", "fuzz or stateful or roundtrip or round_trip", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("mypy", "--strict", "coapio")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx docs; warnings are errors."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Micro-benchmarks of the codec against aiocoap's."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/codec.py", *session.posargs)
