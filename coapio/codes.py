@@ -118,4 +118,8 @@ class Code(enum.IntEnum):
         return 224 <= self <= 255
 
     def __str__(self) -> str:
-        return f"{self.dotted} {self.name.replace('_', ' ').title()}"
+        name = _DISPLAY_NAMES.get(self.name) or self.name.replace("_", " ").title()
+        return f"{self.dotted} {name}"
+
+
+_DISPLAY_NAMES = {"IPATCH": "iPATCH", "CSM": "CSM", "EMPTY": "Empty"}

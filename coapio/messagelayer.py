@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import OrderedDict, deque
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any
 
 import attrs
@@ -211,7 +211,9 @@ class MessageLayer:
 
     ``tuning`` applies to every exchange unless :meth:`send` is given another. ``recognized_options`` are
     the critical options this endpoint processes: a request with any other critical option is answered 4.02
-    here, and such a response is rejected, so the layers above never see them.
+    here, and such a response is rejected, so the layers above never see them. ``expects_response(token,
+    remote)`` tells whether a separate response is awaited (the token manager's table): one that is not is
+    rejected with a Reset (RFC 7252 §5.3.2; for a notification this is RFC 7641 §3.6's deregistration).
     """
 
     def __init__(
@@ -220,9 +222,11 @@ class MessageLayer:
         *,
         rng: random.Random | None = None,
         recognized_options: Container[int] = KNOWN_OPTIONS,
+        expects_response: Callable[[bytes, Remote], bool] | None = None,
     ):
         self.tuning = tuning or TransportTuning()
         self.recognized_options = recognized_options
+        self.expects_response = expects_response
         self.stats = Stats()
         self._rng = rng or random.Random()
         self._out: list[tuple[bytes, Remote]] = []
@@ -343,6 +347,13 @@ class MessageLayer:
             return [RequestReceived(msg)]
 
         # A separate response (or a notification).
+        expects = self.expects_response
+        if expects is not None and not expects(msg.token, remote):
+            # Nobody waits for it: reject it, for NON too, so that an observing server drops us.
+            self._set_reply(entry, _empty(_RST_BITS, mid))
+            self._out.append((entry.reply, remote))  # type: ignore[arg-type]
+            self.stats.resets_sent += 1
+            return []
         bad = msg.opt.unrecognized_critical(self.recognized_options)
         if bad:
             if is_con:

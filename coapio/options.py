@@ -134,7 +134,7 @@ SPECS: dict[int, OptionSpec] = {
         (_N.BLOCK2, _U, 0, 3, False),
         (_N.BLOCK1, _U, 0, 3, False),
         (_N.SIZE2, _U, 0, 4, False),
-        (_N.Q_BLOCK2, _U, 0, 3, False),
+        (_N.Q_BLOCK2, _U, 0, 3, True),  # RFC 9177 §4.1: several missing blocks in one request
         (_N.PROXY_URI, _S, 1, 1034, False),
         (_N.PROXY_SCHEME, _S, 1, 255, False),
         (_N.SIZE1, _U, 0, 4, False),
@@ -212,7 +212,7 @@ class BlockValue:
         """The same position expressed with a smaller block size (late negotiation, RFC 7959 §2.5)."""
         if szx > self.szx:
             raise ValueError("a block size can only be reduced")
-        return BlockValue(self.num << (self.szx - szx), self.more, szx)
+        return BlockValue(self.num << (min(self.szx, 6) - szx), self.more, szx)
 
 
 T = TypeVar("T")
@@ -435,11 +435,12 @@ class Options:
                 previous = number
                 continue
             spec = SPECS.get(number)
+            # The registry's bounds apply to the options it knows; an application that recognizes an
+            # unregistered critical option vouches for its values itself.
             if (
                 number not in recognized
-                or spec is None
-                or not spec.min_length <= len(raw) <= spec.max_length
-                or (number == previous and not spec.repeatable)
+                or (spec is not None and not spec.min_length <= len(raw) <= spec.max_length)
+                or (spec is not None and number == previous and not spec.repeatable)
             ) and number not in bad:
                 bad.append(number)
             previous = number

@@ -341,6 +341,15 @@ def test_separate_con_response_is_acknowledged_and_delivered_once() -> None:
     assert one(c) == ack.encode()
 
 
+@pytest.mark.parametrize("mtype", [Type.CON, Type.NON])
+def test_unexpected_separate_response_is_rejected_with_reset(mtype: Type) -> None:
+    c = MessageLayer(expects_response=lambda token, remote: token == b"ok")
+    assert c.receive(Message(mtype, Code.CONTENT, 0x56, b"no").encode(), SERVER, 0.0) == []
+    rst = Message.decode(one(c))
+    assert (rst.type, rst.mid) == (Type.RST, 0x56)
+    assert c.receive(Message(mtype, Code.CONTENT, 0x57, b"ok").encode(), SERVER, 0.0) != []
+
+
 def test_separate_con_response_with_unrecognized_critical_option_is_reset_and_reported() -> None:
     c = layer()
     msg = Message(Type.CON, Code.CONTENT, 0x55, b"tk")
