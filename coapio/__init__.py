@@ -7,9 +7,12 @@ other name may change between releases.
 
 from .codes import Code, Type
 from .contentformat import ContentFormat
+from .context import Context, Counters
 from .error import CoapError, MessageFormatError
 from .message import Message
 from .options import BlockValue, OptionNumber, Options
+from .pipe import Pipe, PipeEvent
+from .resource import Resource, Site
 from .tuning import TransportTuning
 
 __version__ = "0.1.0.dev0"
@@ -19,10 +22,16 @@ __all__ = [
     "CoapError",
     "Code",
     "ContentFormat",
+    "Context",
+    "Counters",
     "Message",
     "MessageFormatError",
     "OptionNumber",
     "Options",
+    "Pipe",
+    "PipeEvent",
+    "Resource",
+    "Site",
     "TransportTuning",
     "Type",
     "__version__",

@@ -1,0 +1,431 @@
+"""The Context: one task group owning every socket task, handler task and timer of a CoAP endpoint.
+
+``async with Context(...) as ctx:`` opens the sockets and starts their tasks; leaving the block cancels
+and closes all of it. Nothing outlives the block and nothing needs a ``shutdown()`` call.
+
+Inside, the :class:`TokenManager` matches responses to requests by (token, remote) and turns a requester's
+loss of interest into wire actions; the context dispatches each endpoint's message-layer events to it and
+to the site's resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from . import error
+from .codes import Code, Type
+from .message import Message, Remote
+from .messagelayer import (
+    Acknowledged,
+    BadResponse,
+    Event,
+    RequestReceived,
+    Reset,
+    ResponseReceived,
+    TimedOut,
+)
+from .options import OptionNumber
+from .pipe import Pipe
+from .resource import Handler, Site, _rest_of_path, error_response, make_response
+from .tuning import TransportTuning
+from .udp import UDPEndpoint, open_udp_socket, parse_bind
+
+__all__ = ["Context", "Counters", "TokenManager"]
+
+log = logging.getLogger(__name__)
+
+Bind = str | tuple[str, int]
+
+
+@attrs.frozen(slots=True)
+class Counters:
+    """What a context holds right now; tests use it to prove that nothing leaks."""
+
+    #: CON messages awaiting an ACK, NON requests holding an NSTART slot, and queued requests.
+    open_exchanges: int
+    #: Tokens of client requests waiting for a response.
+    live_tokens: int
+    #: Async handler tasks still running.
+    live_handlers: int
+    #: Entries in the endpoints' deduplication caches.
+    dedup_entries: int
+
+
+class TokenManager:
+    """Client requests in flight, keyed by (token, remote); matches responses and errors to them."""
+
+    def __init__(self, token_length: int = 8):
+        if not 1 <= token_length <= 8:
+            raise ValueError("token_length must be 1..8 (RFC 7252 §5.3.1)")
+        self.token_length = token_length
+        self.outgoing: dict[tuple[bytes, Remote], Pipe] = {}
+
+    def expects(self, token: bytes, remote: Remote) -> bool:
+        return (token, remote) in self.outgoing
+
+    def new_token(self, remote: Remote) -> bytes:
+        """A random token (RFC 7252 §5.3.1: unguessable, so off-path responses cannot be spoofed)."""
+        while True:
+            token = os.urandom(self.token_length)
+            if (token, remote) not in self.outgoing:
+                return token
+
+    def register(self, pipe: Pipe) -> None:
+        key = (pipe.request.token, pipe.request.remote)
+        if key in self.outgoing:
+            raise ValueError(f"token {pipe.request.token.hex()} is already in use towards {key[1]!r}")
+        self.outgoing[key] = pipe
+
+    def unregister(self, pipe: Pipe) -> None:
+        key = (pipe.request.token, pipe.request.remote)
+        if self.outgoing.get(key) is pipe:
+            del self.outgoing[key]
+
+    def pipe_for(self, message: Message) -> Pipe | None:
+        """The pipe of the request ``message`` is (or answers), by (token, remote)."""
+        return self.outgoing.get((message.token, message.remote))
+
+    def dispatch_error(self, remote: Remote, exception: Exception) -> None:
+        """A transport error towards ``remote`` ends every request to it."""
+        for (_, pipe_remote), pipe in list(self.outgoing.items()):
+            if pipe_remote == remote:
+                pipe.add_exception(exception)
+
+    def fail_all(self, exception: Exception) -> None:
+        for pipe in list(self.outgoing.values()):
+            pipe.add_exception(exception)
+
+
+class _ServerExchange:
+    """An async handler's task: the request and the cancel scope that loss of interest cancels."""
+
+    __slots__ = ("request", "scope")
+
+    def __init__(self, request: Message):
+        self.request = request
+        self.scope = anyio.CancelScope()
+
+
+class Context:
+    """A CoAP endpoint: client, server, or both; see the module docstring.
+
+    ``bind`` lists the addresses to serve on (``"host:port"``, ``"[v6]:port"`` or ``(host, port)``);
+    without it a client-only context binds one ephemeral dual-stack socket, and a context with a ``site``
+    binds ``[::]:5683``. ``tuning`` sets the transmission parameters and memory bounds of every endpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        bind: Sequence[Bind] | Bind | None = None,
+        site: Site | None = None,
+        tuning: TransportTuning | None = None,
+        token_length: int = 8,
+        reuse_port: bool = False,
+    ):
+        if isinstance(bind, str | tuple):
+            bind = [bind]
+        if bind is None:
+            bind = [("::", 5683)] if site is not None else []
+        self._binds = [parse_bind(b) for b in bind]
+        self.site = site
+        self.tuning = tuning or TransportTuning()
+        self.tokens = TokenManager(token_length)
+        self._reuse_port = reuse_port
+        self._endpoints: list[UDPEndpoint] = []
+        self._incoming: dict[tuple[bytes, Remote], _ServerExchange] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Context:
+        if self._task_group is not None:
+            raise RuntimeError("a Context can be entered only once")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        try:
+            for host, port in self._binds or [("::", 0)]:
+                sock = self._open_socket(host, port, fallback=not self._binds)
+                endpoint = UDPEndpoint(
+                    sock, self.tuning, self._dispatch, self._network_error, self.tokens.expects
+                )
+                self._endpoints.append(endpoint)
+                await task_group.start(endpoint.run, name=f"coapio endpoint {endpoint.local!r}")
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            for endpoint in self._endpoints:
+                if not endpoint.closed:
+                    endpoint.sock.close()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def _open_socket(self, host: str, port: int, *, fallback: bool) -> socket.socket:
+        try:
+            return open_udp_socket(host, port, reuse_port=self._reuse_port)
+        except OSError:
+            if not (fallback and host == "::"):
+                raise
+            return open_udp_socket("0.0.0.0", port, reuse_port=self._reuse_port)  # no IPv6 here
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        """Cancel and close everything; pending requests from other tasks fail with a clear error."""
+        task_group = self._task_group
+        assert task_group is not None
+        task_group.cancel_scope.cancel()
+        try:
+            return await task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self.tokens.fail_all(error.NetworkError("the CoAP context was closed"))
+
+    async def serve_forever(self) -> None:
+        """Sleep until cancelled (a server's main task has nothing else to do)."""
+        await anyio.sleep_forever()
+
+    @property
+    def endpoints(self) -> list[UDPEndpoint]:
+        return list(self._endpoints)
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(
+            open_exchanges=sum(e.layer.open_exchanges for e in self._endpoints),
+            live_tokens=len(self.tokens.outgoing),
+            live_handlers=len(self._incoming),
+            dedup_entries=sum(e.layer.dedup_entries for e in self._endpoints),
+        )
+
+    # --- client API --------------------------------------------------------------------------------
+
+    async def request(self, message: Message, *, tuning: TransportTuning | None = None) -> Message:
+        """Send a request and return its final response.
+
+        ``message.remote`` is the destination (``Message(uri=...)`` sets it); the token is generated
+        unless set, and the message ID is always allocated anew, so a message can be sent again.
+        Raises :class:`~coapio.error.RequestTimedOut` after the last retransmission,
+        :class:`~coapio.error.ResetReceived`, :class:`~coapio.error.NetworkError` (ICMP errors, at once),
+        :class:`~coapio.error.ResponseRejected`.
+
+        Cancellation is the timeout API (``with anyio.fail_after(5): await ctx.request(m)``): when the
+        caller is cancelled, retransmission stops, the token is freed at once, and nothing more is sent
+        for this request.
+        """
+        if not message.code.is_request():
+            raise ValueError(f"{message.code.dotted} is not a request code")
+        if message.type not in (Type.CON, Type.NON):
+            raise ValueError("a request is sent as CON or NON")
+        endpoint, remote = await self._route(message.remote)
+        message.remote = remote
+        message.mid = None
+        if not message.token:
+            message.token = self.tokens.new_token(remote)
+        pipe = Pipe(message)
+        self.tokens.register(pipe)
+        try:
+            endpoint.send(message, tuning)
+            return await pipe.response()
+        finally:
+            self.tokens.unregister(pipe)
+            pipe.close()
+            if not endpoint.closed:
+                endpoint.layer.cancel(message, anyio.current_time())
+                endpoint.flush()
+
+    async def get(self, uri: str, **kwargs: Any) -> Message:
+        """GET ``uri``; keyword arguments as for :meth:`build`. Cancellation as for :meth:`request`."""
+        return await self.request(self.build(Code.GET, uri, **kwargs))
+
+    async def post(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
+        return await self.request(self.build(Code.POST, uri, payload=payload, **kwargs))
+
+    async def put(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
+        return await self.request(self.build(Code.PUT, uri, payload=payload, **kwargs))
+
+    async def delete(self, uri: str, **kwargs: Any) -> Message:
+        return await self.request(self.build(Code.DELETE, uri, **kwargs))
+
+    async def fetch(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
+        return await self.request(self.build(Code.FETCH, uri, payload=payload, **kwargs))
+
+    async def patch(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
+        return await self.request(self.build(Code.PATCH, uri, payload=payload, **kwargs))
+
+    async def ipatch(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
+        return await self.request(self.build(Code.IPATCH, uri, payload=payload, **kwargs))
+
+    @staticmethod
+    def build(
+        code: Code,
+        uri: str,
+        *,
+        payload: bytes = b"",
+        content_format: int | None = None,
+        accept: int | None = None,
+        con: bool = True,
+    ) -> Message:
+        """The request message the convenience methods send."""
+        message = Message(Type.CON if con else Type.NON, code, payload=payload, uri=uri)
+        if content_format is not None:
+            message.opt.content_format = int(content_format)
+        if accept is not None:
+            message.opt.accept = int(accept)
+        return message
+
+    async def _route(self, remote: Remote) -> tuple[UDPEndpoint, Remote]:
+        """Resolve ``remote`` and pick the endpoint that can reach it."""
+        if self._task_group is None or not self._endpoints or self._endpoints[0].closed:
+            raise RuntimeError("the Context is not open (use `async with Context() as ctx`)")
+        if not isinstance(remote, tuple) or len(remote) < 2:
+            raise ValueError(f"no destination: message.remote is {remote!r} (set it, or pass uri=)")
+        host, port = remote[0], int(remote[1])
+        family, sockaddr = _literal(host, port)
+        if family is None:
+            try:
+                infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as e:
+                raise error.NetworkError(f"cannot resolve {host!r}: {e}") from None
+            for fam, _, _, _, addr in infos:
+                if any(ep.can_reach(fam) for ep in self._endpoints):
+                    family, sockaddr = fam, tuple(addr)
+                    break
+            else:
+                raise error.NetworkError(f"no local endpoint can reach {host!r}")
+        for endpoint in self._endpoints:
+            if endpoint.can_reach(family):
+                return endpoint, endpoint.remote_for(family, sockaddr)
+        raise error.NetworkError(f"no local endpoint can reach {host!r} (bound: {self._binds!r})")
+
+    # --- event dispatch (called on the endpoint's socket task, synchronously) ------------------------
+
+    def _dispatch(self, endpoint: UDPEndpoint, event: Event, now: float) -> None:
+        kind = type(event)
+        if kind is RequestReceived:
+            self._serve(endpoint, event.message, now)
+            return
+        if kind is ResponseReceived:
+            pipe = self.tokens.pipe_for(event.message)
+            if pipe is not None:
+                pipe.add_response(event.message)
+            return
+        if kind is Acknowledged:
+            return
+        pipe = self.tokens.pipe_for(event.message)
+        if pipe is None or (kind is not BadResponse and pipe.request is not event.message):
+            return
+        if kind is TimedOut:
+            pipe.add_exception(error.RequestTimedOut(
+                f"no answer from {event.message.remote!r} after {endpoint.layer.tuning.max_retransmit} "
+                "retransmissions" if event.message.type is Type.CON else
+                f"no response from {event.message.remote!r} to a NON request"
+            ))
+        elif kind is Reset:
+            pipe.add_exception(error.ResetReceived(f"{event.message.remote!r} reset the request"))
+        elif isinstance(event, BadResponse):
+            pipe.add_exception(error.ResponseRejected(event.reason))
+
+    def _network_error(self, remote: Remote, exception: OSError) -> None:
+        # The requesters' own clean-up then cancels their exchanges in the message layer.
+        self.tokens.dispatch_error(
+            remote, error.NetworkError(exception.errno, f"{remote!r}: {exception.strerror}")
+        )
+
+    # --- serving -----------------------------------------------------------------------------------
+
+    def _serve(self, endpoint: UDPEndpoint, request: Message, now: float) -> None:
+        """Route a request: a plain renderer answers inline, an async one gets a task."""
+        site = self.site
+        response: Message | None = None
+        if site is None:
+            response = Message(code=Code.NOT_FOUND, payload=b"this endpoint serves no resources")
+        elif OptionNumber.PROXY_URI in request.opt or OptionNumber.PROXY_SCHEME in request.opt:
+            response = Message(code=Code.PROXYING_NOT_SUPPORTED)
+        else:
+            found = site.resolve(request.opt.uri_path)
+            if found is None:
+                response = Message(code=Code.NOT_FOUND)
+            else:
+                resource, rest = found
+                handler = resource.handler(request.code)
+                if handler is None:
+                    response = Message(code=Code.METHOD_NOT_ALLOWED)
+                elif handler.is_async:
+                    assert self._task_group is not None
+                    self._task_group.start_soon(self._run_async, endpoint, handler, request, rest,
+                                                name="coapio handler")
+                    return
+                else:
+                    reset = _rest_of_path.set(rest) if rest else None
+                    try:
+                        response = make_response(request, handler.function(request))
+                    except error.RenderableError as e:
+                        response = error_response(e)
+                    except Exception:
+                        log.exception("renderer %r failed on %r", handler.function, request)
+                        response = Message(code=Code.INTERNAL_SERVER_ERROR)
+                    finally:
+                        if reset is not None:
+                            _rest_of_path.reset(reset)
+        self._respond(endpoint, request, response, now)
+
+    async def _run_async(
+        self, endpoint: UDPEndpoint, handler: Handler, request: Message, rest: tuple[str, ...]
+    ) -> None:
+        """An async renderer in its own cancel scope; loss of interest cancels it and sends nothing."""
+        key = (request.token, request.remote)
+        exchange = _ServerExchange(request)
+        previous = self._incoming.get(key)
+        if previous is not None:
+            previous.scope.cancel()  # the client reused the token: it lost interest in the older request
+        self._incoming[key] = exchange
+        if rest:
+            _rest_of_path.set(rest)
+        response: Message | None = None
+        try:
+            with exchange.scope:
+                try:
+                    response = make_response(request, await handler.function(request))  # type: ignore[misc]
+                except error.RenderableError as e:
+                    response = error_response(e)
+                except Exception:
+                    log.exception("renderer %r failed on %r", handler.function, request)
+                    response = Message(code=Code.INTERNAL_SERVER_ERROR)
+        finally:
+            if self._incoming.get(key) is exchange:
+                del self._incoming[key]
+        if response is not None and not endpoint.closed:
+            self._respond(endpoint, request, response, anyio.current_time())
+            endpoint.flush()
+
+    def _respond(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float) -> None:
+        try:
+            endpoint.layer.respond(request, response, now)
+        except error.MessageIdsExhausted as e:
+            log.warning("dropping a separate response: %s", e)
+
+
+def _literal(host: str, port: int) -> tuple[int | None, tuple[Any, ...]]:
+    """Recognise an IP literal without a resolver call (and normalise IPv6 to the kernel's form)."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        pass
+    else:
+        return socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packed), port, 0, 0)
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return None, ()
+    return socket.AF_INET, (host, port)
+

@@ -1,0 +1,248 @@
+"""The UDP transport: one socket task per bound address, driving one sans-IO message layer.
+
+The task drains its non-blocking socket until it would block, feeds every datagram to the
+:class:`~coapio.messagelayer.MessageLayer`, hands the resulting events to the context's dispatcher
+(synchronously: no task or channel hand-off per message), sends what the layer queued, and sleeps until
+the socket is readable or the layer's next deadline — one timer per endpoint, never one per message.
+Other tasks that send (a requester, an async handler) call :meth:`UDPEndpoint.flush`, which writes at
+once and moves the sleeping task's deadline earlier when needed.
+
+ICMP errors (port or host unreachable) are read from the socket's error queue (``IP_RECVERR``), so a
+request to a closed port fails at once instead of after MAX_TRANSMIT_WAIT.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .message import Message, Remote
+from .messagelayer import Event, MessageLayer
+from .tuning import TransportTuning
+
+__all__ = ["UDPEndpoint", "open_udp_socket", "parse_bind"]
+
+log = logging.getLogger(__name__)
+
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_DRAIN_BUDGET = 512  # datagrams handled per wake-up before letting other tasks run
+_MAX_DATAGRAM = 65535
+
+
+def parse_bind(bind: str | tuple[str, int]) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6]:port"``, ``"host"`` (port 5683) or a ``(host, port)`` tuple."""
+    if isinstance(bind, tuple):
+        return str(bind[0]), int(bind[1])
+    text = bind.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 literal in {bind!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected ':port' after the IPv6 literal in {bind!r}")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""  # a bare IPv6 address or a host name
+    try:
+        port = int(port_text) if port_text else 5683
+    except ValueError:
+        raise ValueError(f"invalid port in {bind!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range in {bind!r}")
+    return host or "::", port
+
+
+def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, non-blocking UDP socket; ``::`` is dual-stack where the OS allows."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if family == socket.AF_INET and not _is_ipv4_literal(host):
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        host = str(sockaddr[0])
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            if host in ("::", ""):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_ipv4_literal(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+class UDPEndpoint:
+    """One bound UDP socket and its message layer; :meth:`run` is its socket task."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        tuning: TransportTuning,
+        dispatch: Callable[[UDPEndpoint, Event, float], None],
+        on_network_error: Callable[[Remote, OSError], None],
+        expects_response: Callable[[bytes, Remote], bool],
+    ):
+        self.sock = sock
+        self.family = sock.family
+        self.local: Remote = sock.getsockname()
+        self.dual_stack = self.family == socket.AF_INET6 and not sock.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+        )
+        self.layer = MessageLayer(tuning, expects_response=expects_response)
+        self._dispatch = dispatch
+        self._on_network_error = on_network_error
+        self._sleep: anyio.CancelScope | None = None
+        self._backlog: list[tuple[bytes, Remote]] = []
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<UDPEndpoint {self.local!r}>"
+
+    # --- addressing --------------------------------------------------------------------------------
+
+    def can_reach(self, family: int) -> bool:
+        return family == self.family or (family == socket.AF_INET and self.dual_stack)
+
+    def remote_for(self, family: int, sockaddr: tuple[Any, ...]) -> Remote:
+        """The form in which this socket reports ``sockaddr`` (IPv4-mapped on a dual-stack socket)."""
+        if family == socket.AF_INET and self.family == socket.AF_INET6:
+            return ("::ffff:" + sockaddr[0], sockaddr[1], 0, 0)
+        if family == socket.AF_INET6:
+            return (sockaddr[0], sockaddr[1], 0, sockaddr[3] if len(sockaddr) > 3 else 0)
+        return (sockaddr[0], sockaddr[1])
+
+    # --- sending (from any task) -------------------------------------------------------------------
+
+    def send(self, message: Message, tuning: TransportTuning | None = None) -> None:
+        self.layer.send(message, anyio.current_time(), tuning=tuning)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the layer queued and make sure the socket task wakes for the next deadline."""
+        out = self.layer.datagrams_to_send()
+        if out:
+            self._write(out)
+        sleep = self._sleep
+        if sleep is not None:
+            deadline = self.layer.next_deadline()
+            if deadline is not None and deadline < sleep.deadline:
+                sleep.deadline = deadline
+
+    def _write(self, out: list[tuple[bytes, Remote]]) -> None:
+        if self._backlog:
+            self._backlog.extend(out)
+            return
+        sendto = self.sock.sendto
+        for i, (data, remote) in enumerate(out):
+            try:
+                sendto(data, remote)
+            except BlockingIOError:
+                self._backlog.extend(out[i:])
+                if self._sleep is not None:
+                    self._sleep.cancel()  # let the socket task wait for writability
+                return
+            except OSError as e:
+                # A send error concerns one peer (unreachable, bad address): fail its exchanges only.
+                self._network_error(remote, e)
+
+    def _network_error(self, remote: Remote, error: OSError) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("network error towards %r: %s", remote, error)
+        self._on_network_error(remote, error)
+
+    # --- the socket task ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the socket until cancelled; the socket is closed on the way out.
+
+        Cancellation (the context's exit) ends the loop at its next wait; nothing is sent afterwards.
+        """
+        sock = self.sock
+        layer = self.layer
+        receive = layer.receive
+        dispatch = self._dispatch
+        recvfrom = sock.recvfrom
+        task_status.started()
+        try:
+            while True:
+                now = anyio.current_time()
+                for _ in range(_DRAIN_BUDGET):
+                    try:
+                        data, remote = recvfrom(_MAX_DATAGRAM)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        self._read_error_queue()
+                        continue
+                    events = receive(data, remote, now)
+                    for event in events:
+                        dispatch(self, event, now)
+                deadline = layer.next_deadline()
+                if deadline is not None and deadline <= now:
+                    for event in layer.on_timer(now):
+                        dispatch(self, event, now)
+                    deadline = layer.next_deadline()
+                out = layer.datagrams_to_send()
+                if out:
+                    self._write(out)
+                if self._backlog:
+                    await self._drain_backlog()
+                    continue
+                with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
+                    self._sleep = sleep
+                    await anyio.wait_readable(sock)
+                self._sleep = None
+        finally:
+            self.closed = True
+            self._sleep = None
+            sock.close()
+
+    async def _drain_backlog(self) -> None:
+        await anyio.wait_writable(self.sock)
+        backlog, self._backlog = self._backlog, []
+        self._write(backlog)
+
+    def _read_error_queue(self) -> None:
+        """Turn queued ICMP errors into network errors of the peers they concern."""
+        sock = self.sock
+        while True:
+            try:
+                _, ancdata, _, remote = sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    return
+                continue  # the pending error was consumed by recvmsg itself; read on
+            code = errno.EHOSTUNREACH
+            for level, kind, data in ancdata:
+                if (level, kind) in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
+                    code = struct.unpack_from("=I", data)[0]
+            self._network_error(remote, OSError(code, errno.errorcode.get(code, str(code))))
