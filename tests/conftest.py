@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from types import ModuleType
 from typing import NoReturn
 
@@ -46,3 +47,11 @@ def require_interop(module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ImportError as exc:
         interop_unavailable(f"interop peer {module_name!r} is not importable: {exc}")
+
+
+def require_binary(name: str) -> str:
+    """The path of the interop peer program ``name`` (e.g. ``coap-client-notls``), or skip/fail."""
+    path = shutil.which(name)
+    if path is None:
+        interop_unavailable(f"interop peer {name!r} is not installed (Debian package libcoap3-bin)")
+    return path
