@@ -413,6 +413,10 @@ class Context:
             endpoint.layer.respond(request, response, now)
         except error.MessageIdsExhausted as e:
             log.warning("dropping a separate response: %s", e)
+        except (ValueError, TypeError, OverflowError):
+            # The renderer built a message that cannot go on the wire; never let that stop the endpoint.
+            log.exception("cannot encode the response to %r", request)
+            endpoint.layer.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
 
 
 def _literal(host: str, port: int) -> tuple[int | None, tuple[Any, ...]]:

@@ -1,9 +1,9 @@
 """The CoAP message value and its UDP framing (RFC 7252 §3).
 
-Decoding is strict: anything RFC 7252 calls a message format error raises :class:`MessageFormatError`
-carrying what the receiver must do about it (§4.2: reset a CON; otherwise drop silently). The decoder is on
-every server's hot path, so it works on indices into one ``bytes`` object and creates no intermediate
-objects besides the option value slices.
+Decoding is strict: anything RFC 7252 calls a message format error raises
+:class:`~coapio.error.MessageFormatError` carrying what the receiver must do about it (§4.2: reset a CON;
+otherwise drop silently). The decoder is on every server's hot path, so it works on indices into one
+``bytes`` object and creates no intermediate objects besides the option value slices.
 """
 
 from __future__ import annotations

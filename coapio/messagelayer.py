@@ -4,9 +4,9 @@ events and the next deadline out.
 One :class:`MessageLayer` holds every piece of per-endpoint state: message-ID allocation per peer,
 retransmission of CON messages, deduplication of received messages (with the cached reply re-sent for a
 duplicate CON), the choice between piggy-backed and separate responses, NSTART and PROBING_RATE per
-peer. It never reads a clock: every call takes ``now``, and :meth:`next_deadline` says when
-:meth:`on_timer` wants to be called. All timed state sits in one heap and a few FIFO tables that expire
-lazily, so there is no timer per message and no scan of a whole table.
+peer. It never reads a clock: every call takes ``now``, and :meth:`MessageLayer.next_deadline` says
+when :meth:`MessageLayer.on_timer` wants to be called. All timed state sits in one heap and a few FIFO
+tables that expire lazily, so there is no timer per message and no scan of a whole table.
 
 Typical driving loop (what the runtime's socket task does)::
 

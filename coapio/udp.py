@@ -232,7 +232,7 @@ class UDPEndpoint:
     def _read_error_queue(self) -> None:
         """Turn queued ICMP errors into network errors of the peers they concern."""
         sock = self.sock
-        while True:
+        for _ in range(_DRAIN_BUDGET):
             try:
                 _, ancdata, _, remote = sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
             except BlockingIOError:

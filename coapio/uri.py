@@ -107,9 +107,9 @@ class UriParts:
 def split_uri(uri: str) -> UriParts:
     """Take an absolute CoAP URI apart into option values (RFC 7252 §6.4, RFC 8323 §8).
 
-    Raises :class:`UriError` naming the fault for anything that is not a valid CoAP URI: a
-    relative reference, another scheme, a fragment, userinfo, a bad port, IP literal or
-    percent-encoding, and so on.
+    Raises :class:`~coapio.error.UriError` naming the fault for anything that is not a valid
+    CoAP URI: a relative reference, another scheme, a fragment, userinfo, a bad port, IP literal
+    or percent-encoding, and so on.
     """
     if not uri.isascii():
         raise UriError("non-ASCII character in URI (percent-encode it as UTF-8)")

@@ -65,6 +65,13 @@ class Crashing(Resource):
         raise KeyError("async boom")
 
 
+class Unencodable(Resource):
+    def render_get(self, request: Message) -> Message:
+        response = Message()
+        response.opt.add(11, b"x" * 70000)  # longer than any option can be
+        return response
+
+
 class Refusing(Resource):
     def render_get(self, request: Message) -> Message:
         raise coapio.error.Forbidden("not for you")
@@ -77,6 +84,7 @@ def make_site() -> tuple[Site, Counting, Slow]:
     site.add("slow", slow)
     site.add("crash", Crashing())
     site.add("refuse", Refusing())
+    site.add("unencodable", Unencodable())
     return site, counting, slow
 
 
@@ -159,6 +167,7 @@ async def test_server_survives_a_crashing_handler(
     async with Context(bind=[LOCAL]) as client:
         assert (await client.get(uri(ctx, "crash"))).code is Code.INTERNAL_SERVER_ERROR
         assert (await client.post(uri(ctx, "crash"))).code is Code.INTERNAL_SERVER_ERROR
+        assert (await client.get(uri(ctx, "unencodable"))).code is Code.INTERNAL_SERVER_ERROR
         assert (await client.get(uri(ctx, "count"))).code is Code.CONTENT
     assert "boom" in caplog.text and "async boom" in caplog.text
 
