@@ -9,6 +9,10 @@ once and moves the sleeping task's deadline earlier when needed.
 
 ICMP errors (port or host unreachable) are read from the socket's error queue (``IP_RECVERR``), so a
 request to a closed port fails at once instead of after MAX_TRANSMIT_WAIT.
+
+A socket bound to a wildcard address learns each datagram's destination address (``IP_PKTINFO`` /
+``IPV6_PKTINFO``) and answers that peer from the same address, as a client expects of a multi-homed
+server; sockets bound to one address need none of that and keep the cheaper ``recvfrom`` path.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import math
 import socket
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +40,11 @@ log = logging.getLogger(__name__)
 _IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 _IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_CMSG_SPACE = 64
+_MAX_SOURCES = 65536  # peers whose local address is remembered (the oldest are forgotten first)
 _DRAIN_BUDGET = 512  # datagrams handled per wake-up before letting other tasks run
 _MAX_DATAGRAM = 65535
 
@@ -121,6 +131,15 @@ class UDPEndpoint:
         self._sleep: anyio.CancelScope | None = None
         self._backlog: list[tuple[bytes, Remote]] = []
         self.closed = False
+        # Wildcard sockets: peer -> the pktinfo control data that makes replies leave from the address
+        # the peer used.
+        self.pktinfo = self.local[0] in ("::", "0.0.0.0")
+        self._sources: OrderedDict[Remote, tuple[int, int, bytes]] = OrderedDict()
+        if self.pktinfo:
+            if self.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
 
     def __repr__(self) -> str:
         return f"<UDPEndpoint {self.local!r}>"
@@ -160,9 +179,14 @@ class UDPEndpoint:
             self._backlog.extend(out)
             return
         sendto = self.sock.sendto
+        sources = self._sources
         for i, (data, remote) in enumerate(out):
             try:
-                sendto(data, remote)
+                source = sources.get(remote) if sources else None
+                if source is None:
+                    sendto(data, remote)
+                else:
+                    self.sock.sendmsg([data], [source], 0, remote)
             except BlockingIOError:
                 self._backlog.extend(out[i:])
                 if self._sleep is not None:
@@ -188,7 +212,7 @@ class UDPEndpoint:
         layer = self.layer
         receive = layer.receive
         dispatch = self._dispatch
-        recvfrom = sock.recvfrom
+        recvfrom = self._recv_with_destination if self.pktinfo else sock.recvfrom
         task_status.started()
         try:
             while True:
@@ -223,6 +247,25 @@ class UDPEndpoint:
             self.closed = True
             self._sleep = None
             sock.close()
+
+    def _recv_with_destination(self, size: int) -> tuple[bytes, Remote]:
+        """``recvfrom`` that also notes which of our addresses the peer wrote to."""
+        data, ancdata, _, remote = self.sock.recvmsg(size, _CMSG_SPACE)
+        for level, kind, cdata in ancdata:
+            if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO:
+                source = (level, kind, cdata[:20])  # in6_pktinfo: the address and the interface index
+            elif level == socket.IPPROTO_IP and kind == _IP_PKTINFO:
+                # in_pktinfo {ifindex, spec_dst, addr}: send from addr, let routing pick the interface
+                source = (level, kind, b"\0\0\0\0" + cdata[8:12] + b"\0\0\0\0")
+            else:
+                continue
+            sources = self._sources
+            if sources.get(remote) != source:
+                sources[remote] = source
+                if len(sources) > _MAX_SOURCES:
+                    sources.popitem(last=False)
+            break
+        return data, remote
 
     async def _drain_backlog(self) -> None:
         await anyio.wait_writable(self.sock)
