@@ -31,6 +31,7 @@ import anyio.abc
 
 from .message import Message, Remote
 from .messagelayer import Event, MessageLayer
+from .options import KNOWN_OPTIONS, UNIMPLEMENTED_CRITICAL
 from .tuning import TransportTuning
 
 __all__ = ["UDPEndpoint", "open_udp_socket", "parse_bind"]
@@ -125,7 +126,11 @@ class UDPEndpoint:
         self.dual_stack = self.family == socket.AF_INET6 and not sock.getsockopt(
             socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
         )
-        self.layer = MessageLayer(tuning, expects_response=expects_response)
+        self.layer = MessageLayer(
+            tuning,
+            expects_response=expects_response,
+            recognized_options=KNOWN_OPTIONS - UNIMPLEMENTED_CRITICAL,
+        )
         self._dispatch = dispatch
         self._on_network_error = on_network_error
         self._sleep: anyio.CancelScope | None = None

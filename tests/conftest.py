@@ -55,3 +55,14 @@ def require_binary(name: str) -> str:
     if path is None:
         interop_unavailable(f"interop peer {name!r} is not installed (Debian package libcoap3-bin)")
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse ``@pytest.mark.anyio``: under pytest-trio's trio mode such a test silently runs on trio.
+
+    Tests that must run on asyncio call ``anyio.run(..., backend="asyncio")`` from a sync test instead
+    (see tests/test_backends.py).
+    """
+    for item in items:
+        if item.get_closest_marker("anyio") is not None:
+            raise pytest.UsageError(f"{item.nodeid}: use anyio.run(..., backend=...), not the anyio mark")
