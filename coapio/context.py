@@ -150,24 +150,24 @@ class Context:
     async def __aenter__(self) -> Context:
         if self._task_group is not None:
             raise RuntimeError("a Context can be entered only once")
+        # Bind first, so that an address in use is a plain OSError, not one wrapped by a task group.
+        sockets: list[socket.socket] = []
+        try:
+            for host, port in self._binds or [("::", 0)]:
+                sockets.append(self._open_socket(host, port, fallback=not self._binds))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
-        try:
-            for host, port in self._binds or [("::", 0)]:
-                sock = self._open_socket(host, port, fallback=not self._binds)
-                endpoint = UDPEndpoint(
-                    sock, self.tuning, self._dispatch, self._network_error, self.tokens.expects
-                )
-                self._endpoints.append(endpoint)
-                await task_group.start(endpoint.run, name=f"coapio endpoint {endpoint.local!r}")
-        except BaseException as exc:
-            task_group.cancel_scope.cancel()
-            for endpoint in self._endpoints:
-                if not endpoint.closed:
-                    endpoint.sock.close()
-            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+        for sock in sockets:
+            endpoint = UDPEndpoint(
+                sock, self.tuning, self._dispatch, self._network_error, self.tokens.expects
+            )
+            self._endpoints.append(endpoint)
+            task_group.start_soon(endpoint.run, name="coapio endpoint")
         return self
 
     def _open_socket(self, host: str, port: int, *, fallback: bool) -> socket.socket:
@@ -181,12 +181,20 @@ class Context:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        """Cancel and close everything; pending requests from other tasks fail with a clear error."""
+        """Cancel and close everything; pending requests from other tasks fail with a clear error.
+
+        An exception raised in the ``async with`` body comes out as itself, not wrapped in an exception
+        group: the task group is an implementation detail whose own tasks only ever end by cancellation.
+        """
         task_group = self._task_group
         assert task_group is not None
         task_group.cancel_scope.cancel()
         try:
             return await task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False  # let the body's own exception propagate unchanged
+            raise
         finally:
             self.tokens.fail_all(error.NetworkError("the CoAP context was closed"))
 

@@ -88,6 +88,8 @@ def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket
         if family == socket.AF_INET6:
             if host in ("::", ""):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                # Linux queues ICMP errors of IPv4-mapped peers only with the IPv4 option set too.
+                sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)

@@ -461,3 +461,32 @@ async def test_name_resolution_failure_is_a_network_error() -> None:
     async with Context(bind=[LOCAL]) as client:
         with trio.fail_after(10), pytest.raises(NetworkError):
             await client.get("coap://no-such-host.invalid/")
+
+
+async def test_bind_failure_is_a_plain_oserror() -> None:
+    async with Context(bind=[LOCAL]) as first:
+        taken = first.endpoints[0].local
+        with pytest.raises(OSError):
+            async with Context(bind=[taken]):
+                pass
+
+
+async def test_exception_in_the_body_comes_out_unwrapped() -> None:
+    with pytest.raises(KeyError):
+        async with Context(bind=[LOCAL]):
+            raise KeyError("mine")
+
+
+async def test_closed_ipv4_port_fails_fast_from_a_dual_stack_socket() -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()[1]
+    probe.close()
+    try:
+        client_ctx = Context()  # [::]:0, dual-stack: the IPv4 peer is IPv4-mapped
+        async with client_ctx as client:
+            assert client.endpoints[0].dual_stack
+            with trio.fail_after(2), pytest.raises(NetworkError):
+                await client.get(f"coap://127.0.0.1:{closed_port}/")
+    except OSError as e:  # pragma: no cover - no IPv6 at all
+        pytest.skip(f"no dual-stack socket here: {e}")

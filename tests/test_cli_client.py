@@ -1,0 +1,647 @@
+"""coapio-client: argument handling in-process, and the tool as a subprocess against coapio and libcoap.
+
+``main()`` calls ``trio.run``, so in-process tests of it are plain (synchronous) tests; the subprocess tests
+run the tool with ``trio.run_process`` next to a server living in the same trio test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import types
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import require_binary
+
+from coapio import Code, ContentFormat, Context, Message, Resource, Site, Type, error
+from coapio.cli import client
+from coapio.cli.server import build_site
+
+CLIENT = [sys.executable, "-m", "coapio.cli.client"]
+SUBPROCESS_LIMIT = 30  # seconds any one subprocess may take before the test fails
+
+
+# --- in-process: usage --------------------------------------------------------------------------
+
+
+def test_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: coapio-client")
+    statuses = out.split("exit status:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in statuses if line.strip()] == ["0", "1", "2", "3", "4", "130"]
+
+
+def test_missing_uri_is_an_argparse_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main([]) == 2
+    assert "the following arguments are required: URI" in capsys.readouterr().err
+
+
+def test_unknown_method_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(["-m", "frobnicate", "coap://127.0.0.1/"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_verbose_and_quiet_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(["-v", "-q", "coap://127.0.0.1/"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["not a uri"], "invalid URI"),
+        (["http://example.com/"], "unsupported scheme"),
+        (["coap://[::1/"], "invalid URI"),
+        (["coap://example.com/#frag"], "fragment"),
+        (["coaps://127.0.0.1/"], "'coaps' is not supported"),
+        (["--content-format", "text/nonsense", "coap://127.0.0.1/"], "--content-format"),
+        (["--content-format", "70000", "coap://127.0.0.1/"], "out of range"),
+        (["--accept", "application/bogus", "coap://127.0.0.1/"], "--accept"),
+        (["-O", "Bogus-Option,1", "coap://127.0.0.1/"], "unknown option 'Bogus-Option'"),
+        (["-O", ",1", "coap://127.0.0.1/"], "expected NUM,VALUE"),
+        (["-O", "70000,x", "coap://127.0.0.1/"], "out of range"),
+        (["-O", "12,text", "coap://127.0.0.1/"], "unsigned integer"),
+        (["-O", "12,-1", "coap://127.0.0.1/"], "unsigned integer"),
+        (["-O", "12,70000", "coap://127.0.0.1/"], "does not fit in 2 bytes"),
+        (["-O", "4,0xabc", "coap://127.0.0.1/"], "not valid hex"),
+        (["-O", "If-None-Match,yes", "coap://127.0.0.1/"], "takes no value"),
+        (["--payload", "@/nonexistent/payload.bin", "coap://127.0.0.1/"], "cannot read payload file"),
+        (["--payload", "@", "coap://127.0.0.1/"], "needs a file name"),
+        (["--timeout", "0", "coap://127.0.0.1/"], "positive"),
+        (["--timeout", "nan", "coap://127.0.0.1/"], "positive"),
+        (["--timeout", "soon", "coap://127.0.0.1/"], "not a number"),
+    ],
+)
+def test_bad_argument_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
+) -> None:
+    assert client.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("coapio-client: error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_keyboard_interrupt_exits_130_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trio, "run", interrupted)
+    assert client.main(["coap://127.0.0.1/"]) == 130
+    assert capsys.readouterr() == ("", "")
+
+
+def test_keyboard_interrupt_inside_an_exception_group_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object) -> int:
+        raise BaseExceptionGroup("nursery", [KeyboardInterrupt()])
+
+    monkeypatch.setattr(trio, "run", interrupted)
+    assert client.main(["coap://127.0.0.1/"]) == 130
+    assert capsys.readouterr() == ("", "")
+
+
+# --- in-process: building the request -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("12,50", (12, b"\x32")),  # Content-Format: uint
+        ("Content-Format,0", (12, b"")),  # uint 0 is the empty string
+        ("max-age,0x0100", (14, b"\x01\x00")),  # uint given in hex, names case-insensitive
+        ("Uri-Query,a=b,c", (15, b"a=b,c")),  # string: only the first comma splits
+        ("15,0x41", (15, b"0x41")),  # a string is text even when it looks like hex
+        ("ETag,0xCAFE", (4, b"\xca\xfe")),  # opaque in hex
+        ("ETag,tag", (4, b"tag")),  # opaque as UTF-8 text
+        ("65000,0x00ff", (65000, b"\x00\xff")),  # unknown number: hex
+        ("65000,héllo", (65000, "héllo".encode())),  # unknown number: UTF-8
+        ("If-None-Match,", (5, b"")),  # empty option
+        ("If-None-Match", (5, b"")),  # no comma: empty value
+        ("2048,", (2048, b"")),
+    ],
+)
+def test_option_argument_follows_the_registered_format(argument: str, expected: tuple[int, bytes]) -> None:
+    assert client.parse_option(argument) == expected
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return client.build_parser().parse_args([*argv])
+
+
+def test_request_carries_method_payload_formats_type_and_options() -> None:
+    request = client.build_request(_args(
+        "-m", "PuT", "--payload", "héllo", "--content-format", "application/json", "--accept", "60",
+        "--non", "-O", "ETag,0x01", "-O", "Uri-Query,x=1", "coap://127.0.0.1:1234/a/b?y=2",
+    ))
+    assert request.code == Code.PUT
+    assert request.type == Type.NON
+    assert request.payload == "héllo".encode()
+    assert request.opt.content_format == ContentFormat.JSON
+    assert request.opt.accept == ContentFormat.CBOR
+    assert request.opt.etag == b"\x01"
+    assert request.opt.uri_path == ("a", "b")
+    assert request.opt.uri_query == ("y=2", "x=1")
+    assert request.remote == ("127.0.0.1", 1234)
+
+
+def test_payload_from_file_is_read_as_bytes(tmp_path: Path) -> None:
+    data = bytes(range(256))
+    path = tmp_path / "payload.bin"
+    path.write_bytes(data)
+    request = client.build_request(_args("-m", "post", "--payload", f"@{path}", "coap://127.0.0.1/"))
+    assert request.payload == data
+
+
+def test_payload_from_stdin_is_read_as_bytes() -> None:
+    stdin = io.BytesIO(b"\x00\xffbinary")
+    request = client.build_request(_args("-m", "post", "--payload", "@-", "coap://127.0.0.1/"), stdin)
+    assert request.payload == b"\x00\xffbinary"
+
+
+def test_double_at_sends_a_literal_at() -> None:
+    request = client.build_request(_args("--payload", "@@home", "coap://127.0.0.1/"))
+    assert request.payload == b"@home"
+
+
+# --- in-process: showing the response -----------------------------------------------------------
+
+
+def test_pipe_output_is_the_payload_unchanged() -> None:
+    payload = b'{"a":[1,2]}'
+    assert client.format_payload(payload, ContentFormat.JSON, tty=False) == payload
+    assert client.format_payload(b"text", ContentFormat.TEXT_PLAIN, tty=False) == b"text"
+    assert client.format_payload(b"\x00\x01", None, tty=False) == b"\x00\x01"
+
+
+def test_terminal_output_pretty_prints_json() -> None:
+    assert client.format_payload(b'{"a":[1,2]}', ContentFormat.JSON, tty=True) == (
+        '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    )
+
+
+def test_terminal_output_shows_invalid_json_as_text() -> None:
+    assert client.format_payload(b"{nope", ContentFormat.JSON, tty=True) == "{nope\n"
+
+
+def test_terminal_output_adds_a_final_newline_to_text() -> None:
+    assert client.format_payload(b"hello", ContentFormat.TEXT_PLAIN, tty=True) == "hello\n"
+    assert client.format_payload(b"hello\n", ContentFormat.TEXT_PLAIN, tty=True) == "hello\n"
+    assert client.format_payload("grüß".encode(), None, tty=True) == "grüß\n"
+
+
+def test_terminal_output_lists_one_link_per_line() -> None:
+    payload = b'</a>;rt="x,y",</b>;ct=0'
+    assert client.format_payload(payload, ContentFormat.LINK_FORMAT, tty=True) == (
+        '</a>;rt="x,y"\n</b>;ct=0\n'
+    )
+
+
+def test_terminal_output_hex_dumps_binary() -> None:
+    dump = client.format_payload(b"\x00\x01AB\xff", ContentFormat.OCTET_STREAM, tty=True)
+    assert dump == "00000000  00 01 41 42 ff" + " " * 33 + "  |..AB.|\n"
+    assert client.format_payload(b"\xff\xfe", None, tty=True) == client.format_payload(
+        b"\xff\xfe", ContentFormat.OCTET_STREAM, tty=True
+    )
+
+
+def test_terminal_output_of_cbor_without_cbor2_is_a_hex_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cbor2", None)  # makes `import cbor2` fail
+    assert client.format_payload(b"\xa1\x61a\x01", ContentFormat.CBOR, tty=True) == (
+        "00000000  a1 61 61 01" + " " * 36 + "  |.aa.|\n"
+    )
+
+
+def test_terminal_output_of_cbor_with_cbor2_is_pretty(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("cbor2")
+    fake.loads = lambda data: {"a": 1} if data == b"\xa1\x61a\x01" else None  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cbor2", fake)
+    assert client.format_payload(b"\xa1\x61a\x01", ContentFormat.CBOR, tty=True) == "{'a': 1}\n"
+
+
+def _response(code: Code, payload: bytes = b"", content_format: int | None = None) -> Message:
+    remote = ("::ffff:127.0.0.1", 5683, 0, 0)
+    response = Message(Type.ACK, code, 7, b"\x01\x02", payload=payload, remote=remote)
+    if content_format is not None:
+        response.opt.content_format = content_format
+    return response
+
+
+def _show(*argv: str, response: Message) -> tuple[int, str, str]:
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    stderr = io.StringIO()
+    status = client.show_response(_args(*argv, "coap://127.0.0.1/"), response, stdout, stderr)
+    stdout.flush()
+    return status, stdout.buffer.getvalue().decode(), stderr.getvalue()
+
+
+def test_error_response_exits_1_with_code_and_diagnostic_on_stderr() -> None:
+    assert _show(response=_response(Code.NOT_FOUND, b"no such thing")) == (
+        1, "", "4.04 Not Found\nno such thing\n"
+    )
+    assert _show(response=_response(Code.INTERNAL_SERVER_ERROR)) == (1, "", "5.00 Internal Server Error\n")
+
+
+def test_quiet_prints_no_payload_but_still_reports_errors() -> None:
+    assert _show("-q", response=_response(Code.CONTENT, b"hello")) == (0, "", "")
+    assert _show("-q", response=_response(Code.FORBIDDEN)) == (1, "", "4.03 Forbidden\n")
+
+
+def test_verbose_prints_code_remote_and_options_one_per_line() -> None:
+    response = _response(Code.CONTENT, b"hi", ContentFormat.TEXT_PLAIN)
+    response.opt.max_age = 30
+    response.opt.etag = b"\xca\xfe"
+    response.opt.add(65000, b"\x01")
+    status, out, err = _show("-v", response=response)
+    assert (status, out) == (0, "hi")
+    assert err.splitlines() == [
+        "2.05 Content",
+        "remote=127.0.0.1:5683",
+        "type=ACK mid=7 token=0102",
+        "ETag=cafe",
+        "Content-Format=0 (text/plain; charset=utf-8)",
+        "Max-Age=30",
+        "Option-65000=01",
+        "payload=2 bytes",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exception", "status"),
+    [
+        (error.RequestTimedOut("gave up"), 3),
+        (TimeoutError(), 3),
+        (error.NetworkError(errno.ECONNREFUSED, "refused"), 4),
+        (error.NetworkError("cannot resolve 'x.invalid'"), 4),
+        (error.ResetReceived("rst"), 4),
+        (error.ResponseRejected("bad option"), 4),
+        (OSError(errno.ENETUNREACH, "unreachable"), 4),
+    ],
+)
+def test_failures_map_to_exit_statuses(exception: Exception, status: int) -> None:
+    request = Message(uri="coap://127.0.0.1/")
+    outcome = client._failure(exception, request, 1.0)
+    assert outcome is not None
+    assert outcome[0] == status
+
+
+def test_an_unexpected_exception_is_not_reported_as_a_failure() -> None:
+    assert client._failure(ValueError("bug"), Message(uri="coap://127.0.0.1/"), None) is None
+
+
+# --- subprocess against an in-process coapio server --------------------------------------------
+
+
+class JsonResource(Resource):
+    def render_get(self, request: Message) -> Message:
+        response = Message(payload=b'{"temperature":21.5,"unit":"C"}')
+        response.opt.content_format = ContentFormat.JSON
+        return response
+
+
+class OptionsResource(Resource):
+    """Answers with the request's type and options, one ``number=hex`` per line."""
+
+    def render_get(self, request: Message) -> Message:
+        lines = [request.type.name] + [f"{number}={raw.hex()}" for number, raw in request.opt]
+        return Message(payload="\n".join(lines).encode())
+
+
+class Diagnostic(Resource):
+    def render_get(self, request: Message) -> Message:
+        raise error.NotFound("gone fishing")
+
+
+def _test_site() -> Site:
+    site = build_site()
+    site.add("json", JsonResource())
+    site.add("options", OptionsResource())
+    site.add("diagnostic", Diagnostic())
+    return site
+
+
+@pytest.fixture
+async def coapio_port() -> AsyncIterator[int]:
+    async with Context(bind="127.0.0.1:0", site=_test_site()) as ctx:
+        yield ctx.endpoints[0].local[1]
+
+
+async def run_client(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(SUBPROCESS_LIMIT):
+        return await trio.run_process(
+            [*CLIENT, *args], stdin=stdin, capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+async def test_get_text_writes_the_payload_unchanged_to_a_pipe(coapio_port: int) -> None:
+    result = await run_client(f"coap://127.0.0.1:{coapio_port}/whoami")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    assert result.stdout.startswith(b"127.0.0.1:")
+    assert not result.stdout.endswith(b"\n")
+
+
+async def test_post_sends_payload_and_content_format(coapio_port: int) -> None:
+    result = await run_client(
+        "-m", "POST", "--payload", '{"x": 1}', "--content-format", "application/json", "-v",
+        f"coap://127.0.0.1:{coapio_port}/echo",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b'{"x": 1}'
+    err = result.stderr.decode().splitlines()
+    assert err[0] == "2.04 Changed"
+    assert f"remote=127.0.0.1:{coapio_port}" in err
+    assert "Content-Format=50 (application/json)" in err
+
+
+async def test_put_payload_from_file(coapio_port: int, tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(200)))
+    result = await run_client("-m", "put", "--payload", f"@{path}", f"coap://127.0.0.1:{coapio_port}/echo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bytes(range(200))
+
+
+async def test_post_payload_from_stdin(coapio_port: int) -> None:
+    result = await run_client(
+        "-m", "post", "--payload", "@-", f"coap://127.0.0.1:{coapio_port}/echo", stdin=b"\x00from stdin\xff"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"\x00from stdin\xff"
+
+
+async def test_raw_options_reach_the_server(coapio_port: int) -> None:
+    result = await run_client(
+        "-O", "ETag,0xcafe", "-O", "65000,hello", "-O", "2048,", "-O", "Accept,60",
+        f"coap://127.0.0.1:{coapio_port}/options",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "CON"
+    assert {"4=cafe", "11=6f7074696f6e73", "17=3c", "2048=", "65000=68656c6c6f"} <= set(lines[1:])
+
+
+async def test_non_sends_a_non_confirmable_request(coapio_port: int) -> None:
+    result = await run_client("--non", f"coap://127.0.0.1:{coapio_port}/options")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines()[0] == "NON"
+
+
+async def test_verbose_shows_code_remote_and_options(coapio_port: int) -> None:
+    result = await run_client("-v", f"coap://127.0.0.1:{coapio_port}/time")
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode().splitlines()
+    assert err[0] == "2.05 Content"
+    assert err[1] == f"remote=127.0.0.1:{coapio_port}"
+    assert "Content-Format=0 (text/plain; charset=utf-8)" in err
+    assert "Max-Age=1" in err
+
+
+async def test_quiet_prints_nothing(coapio_port: int) -> None:
+    result = await run_client("-q", f"coap://127.0.0.1:{coapio_port}/time")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+async def test_not_found_exits_1(coapio_port: int) -> None:
+    result = await run_client(f"coap://127.0.0.1:{coapio_port}/no/such/thing")
+    assert (result.returncode, result.stdout, result.stderr) == (1, b"", b"4.04 Not Found\n")
+
+
+async def test_error_diagnostic_goes_to_stderr(coapio_port: int) -> None:
+    result = await run_client(f"coap://127.0.0.1:{coapio_port}/diagnostic")
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr == b"4.04 Not Found\ngone fishing\n"
+
+
+async def test_method_not_allowed_exits_1(coapio_port: int) -> None:
+    result = await run_client(f"coap://127.0.0.1:{coapio_port}/echo")
+    assert (result.returncode, result.stderr) == (1, b"4.05 Method Not Allowed\n")
+
+
+async def test_json_is_raw_in_a_pipe(coapio_port: int) -> None:
+    result = await run_client(f"coap://127.0.0.1:{coapio_port}/json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b'{"temperature":21.5,"unit":"C"}'
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+async def test_json_is_pretty_on_a_terminal(coapio_port: int) -> None:
+    controller, terminal = os.openpty()
+    try:
+        with trio.fail_after(SUBPROCESS_LIMIT):
+            result = await trio.run_process(
+                [*CLIENT, f"coap://127.0.0.1:{coapio_port}/json"],
+                stdout=terminal, capture_stderr=True, check=False,
+            )
+        os.close(terminal)
+        terminal = -1
+        output = _drain(controller)
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert result.returncode == 0, result.stderr
+    text = output.decode().replace("\r\n", "\n")
+    assert json.loads(text) == {"temperature": 21.5, "unit": "C"}
+    assert text == '{\n  "temperature": 21.5,\n  "unit": "C"\n}\n'
+
+
+def _drain(fd: int) -> bytes:
+    """Everything written to a pty whose other side is closed (EIO marks the end on Linux)."""
+    chunks = []
+    for _ in range(1000):
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def silent_udp_socket(host: str = "127.0.0.1") -> Iterator[socket.socket]:
+    """A bound UDP socket that never answers: requests to it go unanswered, without ICMP errors."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        yield sock
+
+
+def closed_port(host: str) -> int:
+    """A port nobody listens on right now (bound once, then released)."""
+    with silent_udp_socket(host) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with silent_udp_socket("::1"):
+            return True
+    except OSError:
+        return False
+
+
+async def test_timeout_exits_3() -> None:
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        result = await run_client("--timeout", "0.5", f"coap://127.0.0.1:{port}/")
+    assert (result.returncode, result.stdout) == (3, b"")
+    assert result.stderr.decode() == (
+        f"coapio-client: error: no response from 127.0.0.1:{port} within 0.5 s (--timeout)\n"
+    )
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_closed_port_exits_4_at_once() -> None:
+    port = closed_port("::1")
+    with trio.fail_after(SUBPROCESS_LIMIT):
+        result = await run_client("--timeout", "20", f"coap://[::1]:{port}/")
+    assert (result.returncode, result.stdout) == (4, b"")
+    assert result.stderr.decode() == f"coapio-client: error: [::1]:{port}: Connection refused\n"
+
+
+async def test_closed_ipv4_port_exits_4_at_once() -> None:
+    port = closed_port("127.0.0.1")
+    result = await run_client("--timeout", "2", f"coap://127.0.0.1:{port}/")
+    assert result.returncode == 4, result.stderr
+
+
+async def test_context_reports_icmp_port_unreachable_for_an_ipv4_peer() -> None:
+    port = closed_port("127.0.0.1")
+    async with Context() as ctx:
+        with pytest.raises(error.NetworkError), trio.fail_after(2):
+            await ctx.get(f"coap://127.0.0.1:{port}/")
+
+
+async def test_unresolvable_name_exits_4() -> None:
+    result = await run_client("--timeout", "20", "coap://no-such-host.invalid/")
+    assert (result.returncode, result.stdout) == (4, b"")
+    line = result.stderr.decode()
+    assert line.startswith("coapio-client: error: cannot resolve 'no-such-host.invalid'")
+    assert line.count("\n") == 1
+
+
+async def test_sigint_exits_130_without_a_traceback() -> None:
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        process = await trio.lowlevel.open_process(
+            [*CLIENT, f"coap://127.0.0.1:{port}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            with trio.fail_after(SUBPROCESS_LIMIT):
+                await trio.lowlevel.wait_readable(sock)  # the request arrived: the client is in trio.run
+                process.send_signal(signal.SIGINT)
+                await process.wait()
+                assert process.stderr is not None
+                err = b"".join([chunk async for chunk in process.stderr])
+        finally:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130
+    assert err == b""
+
+
+# --- subprocess against libcoap's coap-server ---------------------------------------------------
+
+
+@pytest.fixture
+async def libcoap_port() -> AsyncIterator[int]:
+    server = require_binary("coap-server-notls")
+    port = closed_port("127.0.0.1")
+    process = await trio.lowlevel.open_process(
+        [server, "-A", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await _wait_until_answering(f"coap://127.0.0.1:{port}/")
+        yield port
+    finally:
+        process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+async def _wait_until_answering(uri: str) -> None:
+    async with Context(bind="127.0.0.1:0") as ctx:  # an IPv4 socket reports ICMP errors at once
+        for _ in range(100):
+            try:
+                with trio.fail_after(0.5):
+                    await ctx.get(uri)
+                return
+            except (TimeoutError, error.NetworkError):
+                await trio.sleep(0.05)  # poll interval while the server starts: bounded by the loop
+        raise RuntimeError(f"{uri} never answered")
+
+
+@pytest.mark.interop
+async def test_libcoap_get_root_text(libcoap_port: int) -> None:
+    result = await run_client(f"coap://127.0.0.1:{libcoap_port}/")
+    assert result.returncode == 0, result.stderr
+    assert b"libcoap" in result.stdout
+
+
+@pytest.mark.interop
+async def test_libcoap_get_time_verbose(libcoap_port: int) -> None:
+    result = await run_client("-v", f"coap://127.0.0.1:{libcoap_port}/time")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    err = result.stderr.decode().splitlines()
+    assert err[0] == "2.05 Content"
+    assert err[1] == f"remote=127.0.0.1:{libcoap_port}"
+    assert "Max-Age=1" in err  # libcoap's /time sends no Content-Format
+
+
+@pytest.mark.interop
+async def test_libcoap_well_known_core_is_link_format(libcoap_port: int) -> None:
+    result = await run_client("-v", f"coap://127.0.0.1:{libcoap_port}/.well-known/core")
+    assert result.returncode == 0, result.stderr
+    assert b"</time>" in result.stdout
+    assert "Content-Format=40 (application/link-format)" in result.stderr.decode().splitlines()
+
+
+@pytest.mark.interop
+async def test_libcoap_put_from_file_then_get(libcoap_port: int, tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"stored by coapio-client")
+    uri = f"coap://127.0.0.1:{libcoap_port}/example_data"
+    put = await run_client("-m", "put", "--payload", f"@{path}", "--content-format", "text/plain", uri)
+    assert put.returncode == 0, put.stderr
+    get = await run_client(uri)
+    assert (get.returncode, get.stdout) == (0, b"stored by coapio-client")
+
+
+@pytest.mark.interop
+async def test_libcoap_put_from_stdin_then_get_non(libcoap_port: int) -> None:
+    uri = f"coap://127.0.0.1:{libcoap_port}/example_data"
+    put = await run_client("-m", "put", "--payload", "@-", uri, stdin=b"via stdin")
+    assert put.returncode == 0, put.stderr
+    get = await run_client("--non", "-O", "Accept,0", uri)
+    assert (get.returncode, get.stdout) == (0, b"via stdin")
+
+
+@pytest.mark.interop
+async def test_libcoap_not_found_exits_1(libcoap_port: int) -> None:
+    result = await run_client(f"coap://127.0.0.1:{libcoap_port}/no/such/resource")
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode().splitlines()[0] == "4.04 Not Found"
