@@ -148,29 +148,33 @@ def _bind_text(binds: Sequence[tuple[str, int]]) -> str:
 
 
 async def _serve(binds: list[tuple[str, int]], explicit: bool) -> int:
-    """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal."""
+    """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal.
+
+    The signal receiver stays installed until the context has closed, so a second Ctrl-C during the
+    shutdown is absorbed instead of interrupting it half-way.
+    """
     site = build_site()
-    async with contextlib.AsyncExitStack() as stack:
-        while True:
-            try:
-                context = await stack.enter_async_context(Context(bind=binds, site=site))
-            except BaseException as raised:
-                exc = unwrap(raised)
-                if not isinstance(exc, OSError):
-                    raise
-                if not explicit and binds == [DEFAULT_BIND] and exc.errno in (
-                    errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL
-                ):
-                    binds = [FALLBACK_BIND]  # no IPv6 on this host
-                    continue
-                reason = exc.strerror or str(exc)
-                if isinstance(exc, socket.gaierror):
-                    error_line(PROG, f"cannot resolve --bind {_bind_text(binds)}: {reason}")
-                    return EXIT_USAGE
-                error_line(PROG, f"cannot bind {_bind_text(binds)}: {reason}")
-                return EXIT_CANNOT_BIND
-            break
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with contextlib.AsyncExitStack() as stack:
+            while True:
+                try:
+                    context = await stack.enter_async_context(Context(bind=binds, site=site))
+                except BaseException as raised:
+                    exc = unwrap(raised)
+                    if not isinstance(exc, OSError):
+                        raise
+                    if not explicit and binds == [DEFAULT_BIND] and exc.errno in (
+                        errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL
+                    ):
+                        binds = [FALLBACK_BIND]  # no IPv6 on this host
+                        continue
+                    reason = exc.strerror or str(exc)
+                    if isinstance(exc, socket.gaierror):
+                        error_line(PROG, f"cannot resolve --bind {_bind_text(binds)}: {reason}")
+                        return EXIT_USAGE
+                    error_line(PROG, f"cannot bind {_bind_text(binds)}: {reason}")
+                    return EXIT_CANNOT_BIND
+                break
             addresses = _bind_text([e.local for e in context.endpoints])
             print(f"{PROG} listening on {addresses}", file=sys.stderr, flush=True)
             async for _ in signals:
