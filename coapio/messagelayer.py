@@ -339,8 +339,14 @@ class MessageLayer:
         if is_request:
             bad = msg.opt.unrecognized_critical(self.recognized_options)
             if bad:
-                self._reply_error(msg, entry, Code.BAD_OPTION,
-                                  "unrecognized critical option " + ", ".join(map(str, bad)), now)
+                if is_con:
+                    self._reply_error(msg, entry, Code.BAD_OPTION,
+                                      "unrecognized critical option " + ", ".join(map(str, bad)), now)
+                else:
+                    # §5.4.1: a NON with one is rejected (§4.3: ignored, here with a Reset), not answered.
+                    self._set_reply(entry, _empty(_RST_BITS, mid))
+                    self._out.append((entry.reply, remote))  # type: ignore[arg-type]
+                    self.stats.resets_sent += 1
                 return []
             if is_con:
                 self._awaiting[key] = (now, entry)

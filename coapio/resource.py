@@ -186,6 +186,9 @@ class WellKnownCore(Resource):
         self.site = site
 
     def render_get(self, request: Message) -> Message:
+        accept = request.opt.accept
+        if accept is not None and accept != ContentFormat.LINK_FORMAT:
+            raise error.NotAcceptable("/.well-known/core is served as application/link-format only")
         links = self.site.links()
         query = request.opt.uri_query
         if query:

@@ -312,6 +312,15 @@ def test_request_with_unrecognized_critical_option_gets_bad_option() -> None:
     assert b"2049" in resp.payload
 
 
+def test_non_request_with_unrecognized_critical_option_is_rejected_with_reset() -> None:
+    s = layer()
+    msg = Message(Type.NON, Code.GET, 2, b"t")
+    msg.opt.add(2049, b"x")
+    assert s.receive(msg.encode(), CLIENT, 0.0) == []
+    rst = Message.decode(one(s))
+    assert (rst.type, rst.code, rst.mid) == (Type.RST, Code.EMPTY, 2)
+
+
 def test_request_with_unrecognized_elective_option_is_delivered() -> None:
     s = layer()
     msg = Message(Type.CON, Code.GET, 1, b"t")
