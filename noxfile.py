@@ -45,6 +45,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Micro-benchmarks of the codec against aiocoap's."""
+    """Codec micro-benchmarks, then server throughput of coapio, aiocoap and libcoap.
+
+    Arguments after ``--`` go to ``benchmarks/server_throughput.py`` (e.g. ``-- --duration 10 --json``).
+    The throughput benchmark needs a C compiler (cc) and libcoap's ``coap-server-notls`` for its row.
+    """
     session.install("-e", ".[test]")
-    session.run("python", "benchmarks/codec.py", *session.posargs)
+    session.run("python", "benchmarks/codec.py")
+    session.run("python", "benchmarks/server_throughput.py", *session.posargs)

@@ -1,0 +1,247 @@
+"""The servers that ``server_throughput.py`` measures, and how to start, probe and stop them.
+
+Run as a script to start one Python server in the foreground (the benchmark does this in a child process,
+pinned to one core)::
+
+    python benchmarks/_servers.py coapio  --port 5683
+    python benchmarks/_servers.py aiocoap --port 5683
+    python benchmarks/_servers.py coapio  --port 5683 --cprofile /tmp/coapio.prof --seconds 8
+
+Every server answers GET ``/`` with :data:`PAYLOAD` (136 bytes, the size of libcoap's ``coap-server``
+index text, so that the three servers send datagrams of about the same size) on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import IO
+
+#: The size of libcoap 4.3.1's index text (what ``coap-server`` answers on ``/``).
+PAYLOAD_SIZE = 136
+PAYLOAD = (b"coapio benchmark resource; its payload is as long as libcoap's index text. " * 2)[:PAYLOAD_SIZE]
+
+HOST = "127.0.0.1"
+SERVERS = ("coapio", "aiocoap", "libcoap")
+
+
+# --- the Python servers (run in the child process) ----------------------------------------------------
+
+
+def run_coapio(port: int, seconds: float | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or for ``seconds``)."""
+    import trio
+
+    import coapio
+    from coapio import Message, Resource, Site
+
+    class Hello(Resource):
+        def render_get(self, request: Message) -> Message:  # plain def: the inline fast path
+            return Message(payload=PAYLOAD)
+
+    site = Site(well_known_core=False)
+    site.add("", Hello())
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with coapio.Context(bind=[(HOST, port)], site=site):
+                with trio.move_on_after(math.inf if seconds is None else seconds):
+                    async for _ in signals:
+                        break
+
+    trio.run(main)
+
+
+def run_aiocoap(port: int, seconds: float | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or for ``seconds``)."""
+    import asyncio
+
+    import aiocoap
+    import aiocoap.resource
+
+    class Hello(aiocoap.resource.Resource):  # type: ignore[misc]
+        async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+            return aiocoap.Message(payload=PAYLOAD)
+
+    async def main() -> None:
+        site = aiocoap.resource.Site()
+        site.add_resource((), Hello())
+        ctx = await aiocoap.Context.create_server_context(site, bind=(HOST, port))
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, finish)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, seconds)
+        await ctx.shutdown()
+
+    asyncio.run(main())
+
+
+def _serve_main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("server", choices=("coapio", "aiocoap"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cprofile", metavar="FILE", help="profile with cProfile, dump stats to FILE")
+    parser.add_argument("--seconds", type=float, help="stop after this many seconds")
+    args = parser.parse_args(argv)
+    run = run_coapio if args.server == "coapio" else run_aiocoap
+    if args.cprofile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            run(args.port, args.seconds)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(args.cprofile)
+    else:
+        run(args.port, args.seconds)
+
+
+# --- starting, probing and stopping (used by the benchmark) ---------------------------------------------
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago (the server binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(name: str, port: int) -> list[str]:
+    if name == "libcoap":
+        exe = shutil.which("coap-server-notls") or shutil.which("coap-server")
+        if exe is None:
+            raise FileNotFoundError("libcoap's coap-server-notls (or coap-server) is not on PATH")
+        return [exe, "-A", HOST, "-p", str(port)]
+    if name in ("coapio", "aiocoap"):
+        return [sys.executable, os.path.abspath(__file__), name, "--port", str(port)]
+    raise ValueError(f"unknown server {name!r} (choose from {', '.join(SERVERS)})")
+
+
+def pinned(command: list[str], cpu: int | None) -> list[str]:
+    """``command`` under ``taskset -c cpu`` when taskset exists (taskset execs it: same PID)."""
+    taskset = shutil.which("taskset")
+    if cpu is None or taskset is None:
+        return command
+    return [taskset, "-c", str(cpu), *command]
+
+
+def start_server(name: str, port: int, cpu: int | None) -> subprocess.Popen[bytes]:
+    """Start server ``name`` on ``port``; its stderr goes to a temporary file (a pipe could fill up)."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (kept open for server_log(); see close_logs())
+    try:
+        return subprocess.Popen(
+            pinned(server_command(name, port), cpu),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            start_new_session=True,  # a terminal's Ctrl-C goes to the benchmark, which stops us in order
+        )
+    finally:
+        _logs[port] = log
+
+
+_logs: dict[int, IO[bytes]] = {}
+
+
+def close_logs() -> None:
+    while _logs:
+        _logs.popitem()[1].close()
+
+
+def server_log(port: int) -> str:
+    log = _logs.get(port)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read()[-4000:].decode(errors="replace")
+
+
+def probe(port: int, *, timeout: float = 0.3) -> bool:
+    """One CON GET ``/``; True when a 2.05 piggy-backed response with our token comes back."""
+    token = os.urandom(8)
+    mid = int.from_bytes(os.urandom(2), "big")
+    request = bytes((0x48, 0x01, mid >> 8, mid & 0xFF)) + token
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(request, (HOST, port))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                data = s.recv(2048)
+                if len(data) >= 12 and data[0] == 0x68 and data[1] == 0x45 and data[4:12] == token:
+                    return True
+        except OSError:  # timeout, or ICMP port unreachable (not listening yet)
+            return False
+    return False
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, *, timeout: float = 15.0) -> None:
+    """Probe until the server answers; raise if it exits or stays silent past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited with status {proc.returncode} before answering:\n{server_log(port)}"
+            )
+        if probe(port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"server on port {port} did not answer a GET / within {timeout} s")
+
+
+def max_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set size (VmHWM), in MiB; None when /proc has no answer."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` from /proc/PID/stat, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop(proc: subprocess.Popen[bytes], *, grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps the process."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(grace)
+
+
+if __name__ == "__main__":
+    _serve_main()
