@@ -50,14 +50,14 @@ __all__ = [
 # --- events --------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=True)
 class RequestReceived:
     """A new request (duplicates are never reported); answer it with :meth:`MessageLayer.respond`."""
 
     message: Message
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=True)
 class ResponseReceived:
     """A response: piggy-backed on an ACK, or a separate CON (already acknowledged) or NON message.
 
@@ -68,7 +68,7 @@ class ResponseReceived:
     request: Message | None = None
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=True)
 class BadResponse:
     """A response that had to be rejected (RFC 7252 §5.4.1: an unrecognized critical option)."""
 
@@ -76,21 +76,21 @@ class BadResponse:
     reason: str
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=True)
 class Acknowledged:
     """An empty ACK for ``message``, a CON we sent: its retransmission stops; a response may follow."""
 
     message: Message
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=True)
 class Reset:
     """The peer answered ``message`` (a CON, or a tracked NON) with a Reset."""
 
     message: Message
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True, eq=True)
 class TimedOut:
     """``message`` (a CON) was sent 1 + MAX_RETRANSMIT times and never acknowledged; or a NON request's
     NSTART slot was released without a response (then ``message.type`` is NON)."""
@@ -225,6 +225,9 @@ class MessageLayer:
         expects_response: Callable[[bytes, Remote], bool] | None = None,
     ):
         self.tuning = tuning or TransportTuning()
+        # The derived lifetimes are properties of a frozen value: compute them once, not per message.
+        self._con_lifetime = self.tuning.exchange_lifetime
+        self._non_lifetime = self.tuning.non_lifetime
         self.recognized_options = recognized_options
         self.expects_response = expects_response
         self.stats = Stats()
@@ -692,17 +695,15 @@ class MessageLayer:
         ):
             # Evict whichever front entry arrived first (their lifetimes differ).
             if con and non:
-                con_arrival = next(iter(con.values())).expires - tuning.exchange_lifetime
-                non_arrival = next(iter(non.values())).expires - tuning.non_lifetime
+                con_arrival = next(iter(con.values())).expires - self._con_lifetime
+                non_arrival = next(iter(non.values())).expires - self._non_lifetime
                 table = con if con_arrival <= non_arrival else non
             else:
                 table = con or non
             self._forget(table.popitem(last=False)[1])
             self.stats.dedup_evicted += 1
         table = con if is_con else non
-        entry = table[key] = _Received(
-            now + (tuning.exchange_lifetime if is_con else tuning.non_lifetime)
-        )
+        entry = table[key] = _Received(now + (self._con_lifetime if is_con else self._non_lifetime))
         return entry
 
     def _set_reply(self, entry: _Received, reply: bytes) -> None:

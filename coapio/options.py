@@ -385,7 +385,10 @@ class Options:
         return None
 
     def __contains__(self, number: object) -> bool:
-        return any(n == number for n, _ in self._items)
+        for n, _ in self._items:  # noqa: SIM110 - a plain loop: no generator object on the hot path
+            if n == number:
+                return True
+        return False
 
     def replace(self, number: int, values: Iterable[OptionValue]) -> None:
         """Set the values of ``number`` (none removes it), keeping every other option where it was."""
