@@ -320,6 +320,7 @@ class Context:
     def _dispatch(self, endpoint: UDPEndpoint, event: Event, now: float) -> None:
         kind = type(event)
         if kind is RequestReceived:
+            event.message.local = endpoint.local_address_of_last_datagram()
             self._serve(endpoint, event.message, now)
             return
         if kind is ResponseReceived:

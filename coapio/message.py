@@ -44,6 +44,8 @@ class Message:
     remote: Remote = attrs.field(eq=False)
     #: The URI scheme the message travels by; sets ``uri``'s scheme and default port.
     scheme: str = attrs.field(eq=False)
+    #: For a request a server received: the local address it was sent to (its URI's default host).
+    local: Remote = attrs.field(eq=False)
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class Message:
         self.payload = payload
         self.remote = remote
         self.scheme = scheme
+        self.local = None
         if uri is not None:
             self.set_uri(uri)
 
@@ -88,6 +91,7 @@ class Message:
             self.type, self.code, self.mid, self.token, self.opt.copy(), self.payload,
             remote=self.remote, scheme=self.scheme,
         )
+        new.local = self.local
         for name, value in changes.items():
             setattr(new, name, value)
         return new
@@ -113,19 +117,25 @@ class Message:
 
     @property
     def uri(self) -> str:
-        """The request's URI composed back from its options and ``remote`` (RFC 7252 §6.5)."""
+        """The request's URI composed back from its options (RFC 7252 §6.5).
+
+        Without Uri-Host / Uri-Port, host and port are those of the request's destination: ``local``
+        for a request this endpoint received, ``remote`` for one it sends.
+        """
         from .uri import compose_uri
 
         host = self.opt.uri_host
         port = self.opt.uri_port
-        remote = self.remote
-        if (host is None or port is None) and isinstance(remote, tuple) and len(remote) >= 2:
+        destination = self.local if self.local is not None else self.remote
+        if (host is None or port is None) and isinstance(destination, tuple) and len(destination) >= 2:
             if host is None:
-                host = str(remote[0])
+                host = str(destination[0])
+                if host.startswith("::ffff:") and "." in host:
+                    host = host[7:]  # an IPv4 peer of a dual-stack socket
             if port is None:
-                port = int(remote[1])
+                port = int(destination[1])
         if host is None:
-            raise ValueError("the message has neither Uri-Host nor a remote address")
+            raise ValueError("the message has neither Uri-Host nor an address to take the host from")
         return compose_uri(
             scheme=self.scheme, host=host, port=port,
             path=self.opt.uri_path, query=self.opt.uri_query,
@@ -225,6 +235,7 @@ class Message:
         msg.payload = payload
         msg.remote = remote
         msg.scheme = "coap"
+        msg.local = None
         return msg
 
     def encode(self) -> bytes:

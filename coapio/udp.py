@@ -142,6 +142,7 @@ class UDPEndpoint:
         # the peer used.
         self.pktinfo = self.local[0] in ("::", "0.0.0.0")
         self._sources: OrderedDict[Remote, tuple[int, int, bytes]] = OrderedDict()
+        self._destination: tuple[int, int, bytes] | None = None  # pktinfo of the last datagram read
         if self.pktinfo:
             if self.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
@@ -266,6 +267,7 @@ class UDPEndpoint:
                 source = (level, kind, b"\0\0\0\0" + cdata[8:12] + b"\0\0\0\0")
             else:
                 continue
+            self._destination = source
             sources = self._sources
             if sources.get(remote) != source:
                 sources[remote] = source
@@ -273,6 +275,16 @@ class UDPEndpoint:
                     sources.popitem(last=False)
             break
         return data, remote
+
+    def local_address_of_last_datagram(self) -> Remote:
+        """The address the datagram just read was sent to (for a wildcard socket, from its pktinfo)."""
+        source = self._destination
+        if not self.pktinfo or source is None:
+            return self.local
+        level, _, data = source
+        if level == socket.IPPROTO_IPV6:
+            return (socket.inet_ntop(socket.AF_INET6, data[:16]), self.local[1], 0, 0)
+        return (socket.inet_ntop(socket.AF_INET, data[4:8]), self.local[1])
 
     async def _drain_backlog(self) -> None:
         await anyio.wait_writable(self.sock)

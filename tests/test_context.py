@@ -72,6 +72,11 @@ class Unencodable(Resource):
         return response
 
 
+class WhereAmI(Resource):
+    def render_get(self, request: Message) -> Message:
+        return Message(payload=request.uri.encode())
+
+
 class Refusing(Resource):
     def render_get(self, request: Message) -> Message:
         raise coapio.error.Forbidden("not for you")
@@ -85,6 +90,7 @@ def make_site() -> tuple[Site, Counting, Slow]:
     site.add("crash", Crashing())
     site.add("refuse", Refusing())
     site.add("unencodable", Unencodable())
+    site.add("where", WhereAmI())
     return site, counting, slow
 
 
@@ -490,3 +496,17 @@ async def test_closed_ipv4_port_fails_fast_from_a_dual_stack_socket() -> None:
                 await client.get(f"coap://127.0.0.1:{closed_port}/")
     except OSError as e:  # pragma: no cover - no IPv6 at all
         pytest.skip(f"no dual-stack socket here: {e}")
+
+
+async def test_server_reads_the_request_uri_from_uri_host_or_its_own_address(
+    server: tuple[Context, Counting, Slow],
+) -> None:
+    ctx, _, _ = server
+    port = ctx.endpoints[0].local[1]
+    async with Context(bind=[LOCAL]) as client:
+        plain = await client.get(uri(ctx, "where") + "?a=1&b")
+        assert plain.payload == f"coap://127.0.0.1:{port}/where?a=1&b".encode()
+        named = Message(code=Code.GET, uri=uri(ctx, "where"))
+        named.opt.uri_host = "sensor.example"
+        named.opt.uri_port = 61616
+        assert (await client.request(named)).payload == b"coap://sensor.example:61616/where"

@@ -21,7 +21,7 @@ SCENARIO = textwrap.dedent(
 
     class Where(Resource):
         def render_get(self, request):
-            return Message(payload=repr(request.remote).encode())
+            return Message(payload=request.uri.encode())
 
     async def main(bind, client_bind, target):
         site = Site()
@@ -33,7 +33,9 @@ SCENARIO = textwrap.dedent(
                 with trio.fail_after(5):
                     host = f"[{target}]" if ":" in target else target
                     response = await client.get(f"coap://{host}:{port}/where")
-            # the response was matched, so it came from the address the request went to
+            # the response was matched, so it came from the address the request went to; and the
+            # server composed the request's URI with the address it was sent to (RFC 7252 §6.5)
+            assert response.payload.decode() == f"coap://{host}:{port}/where", response.payload
             print("ok", response.remote)
 
     bind_host, client_host, target = sys.argv[1:4]
