@@ -12,7 +12,7 @@ from .error import CoapError, MessageFormatError
 from .message import Message
 from .options import BlockValue, OptionNumber, Options
 from .pipe import Pipe, PipeEvent
-from .resource import Resource, Site
+from .resource import Resource, Site, check_preconditions, validate_etag
 from .tuning import TransportTuning
 
 __version__ = "0.1.0.dev0"
@@ -35,4 +35,6 @@ __all__ = [
     "TransportTuning",
     "Type",
     "__version__",
+    "check_preconditions",
+    "validate_etag",
 ]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import anyio
 import anyio.abc
@@ -33,7 +33,7 @@ from .messagelayer import (
     ResponseReceived,
     TimedOut,
 )
-from .options import OptionNumber
+from .options import OptionNumber, OptionValue
 from .pipe import Pipe
 from .resource import Handler, Site, _rest_of_path, error_response, make_response
 from .tuning import TransportTuning
@@ -44,6 +44,16 @@ __all__ = ["Context", "Counters", "TokenManager"]
 log = logging.getLogger(__name__)
 
 Bind = str | tuple[str, int]
+
+
+class _BodyArgs(TypedDict, total=False):
+    """The keywords of the request shortcuts that carry a payload (typed, so typos are caught)."""
+
+    content_format: int | None
+    accept: int | None
+    con: bool
+    options: Iterable[tuple[int, OptionValue]]
+    tuning: TransportTuning | None
 
 
 @attrs.frozen(slots=True)
@@ -192,8 +202,13 @@ class Context:
         try:
             return await task_group.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
-            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+            leaves = list(_leaves(group))
+            if exc is not None and leaves == [exc]:
                 return False  # let the body's own exception propagate unchanged
+            interrupts = [e for e in leaves if isinstance(e, KeyboardInterrupt)]
+            if interrupts and all(e is exc or isinstance(e, KeyboardInterrupt) for e in leaves):
+                # Ctrl-C may land in any of our tasks; it is still just Ctrl-C to the application.
+                raise interrupts[0] from None
             raise
         finally:
             self.tokens.fail_all(error.NetworkError("the CoAP context was closed"))
@@ -205,6 +220,11 @@ class Context:
     @property
     def endpoints(self) -> list[UDPEndpoint]:
         return list(self._endpoints)
+
+    @property
+    def local_addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) each endpoint is bound to: how a server bound to port 0 learns its port."""
+        return [(str(e.local[0]), int(e.local[1])) for e in self._endpoints]
 
     @property
     def counters(self) -> Counters:
@@ -251,27 +271,64 @@ class Context:
                 endpoint.layer.cancel(message, anyio.current_time())
                 endpoint.flush()
 
-    async def get(self, uri: str, **kwargs: Any) -> Message:
-        """GET ``uri``; keyword arguments as for :meth:`build`. Cancellation as for :meth:`request`."""
-        return await self.request(self.build(Code.GET, uri, **kwargs))
+    async def get(
+        self,
+        uri: str,
+        *,
+        accept: int | None = None,
+        con: bool = True,
+        options: Iterable[tuple[int, OptionValue]] = (),
+        tuning: TransportTuning | None = None,
+    ) -> Message:
+        """GET ``uri`` and return the response. Errors and cancellation as for :meth:`request`.
 
-    async def post(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
-        return await self.request(self.build(Code.POST, uri, payload=payload, **kwargs))
+        ``options`` adds raw options, e.g. ``[(OptionNumber.ETAG, b"v1")]``; ``con=False`` sends NON.
+        """
+        message = self.build(Code.GET, uri, accept=accept, con=con, options=options)
+        return await self.request(message, tuning=tuning)
 
-    async def put(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
-        return await self.request(self.build(Code.PUT, uri, payload=payload, **kwargs))
+    async def delete(
+        self,
+        uri: str,
+        *,
+        con: bool = True,
+        options: Iterable[tuple[int, OptionValue]] = (),
+        tuning: TransportTuning | None = None,
+    ) -> Message:
+        """DELETE ``uri``. Errors and cancellation as for :meth:`request`."""
+        return await self.request(self.build(Code.DELETE, uri, con=con, options=options), tuning=tuning)
 
-    async def delete(self, uri: str, **kwargs: Any) -> Message:
-        return await self.request(self.build(Code.DELETE, uri, **kwargs))
+    async def post(self, uri: str, payload: bytes = b"", **kwargs: Unpack[_BodyArgs]) -> Message:
+        """POST ``payload`` to ``uri``; keywords as for :meth:`put`. Cancellation as for :meth:`request`."""
+        return await self._with_body(Code.POST, uri, payload, kwargs)
 
-    async def fetch(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
-        return await self.request(self.build(Code.FETCH, uri, payload=payload, **kwargs))
+    async def put(self, uri: str, payload: bytes = b"", **kwargs: Unpack[_BodyArgs]) -> Message:
+        """PUT ``payload`` to ``uri``. Errors and cancellation as for :meth:`request`.
 
-    async def patch(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
-        return await self.request(self.build(Code.PATCH, uri, payload=payload, **kwargs))
+        Keywords: ``content_format`` and ``accept`` (numbers or :class:`~coapio.ContentFormat`),
+        ``con`` (False sends NON), ``options`` (raw ``(number, value)`` pairs), ``tuning``.
+        """
+        return await self._with_body(Code.PUT, uri, payload, kwargs)
 
-    async def ipatch(self, uri: str, payload: bytes = b"", **kwargs: Any) -> Message:
-        return await self.request(self.build(Code.IPATCH, uri, payload=payload, **kwargs))
+    async def fetch(self, uri: str, payload: bytes = b"", **kwargs: Unpack[_BodyArgs]) -> Message:
+        """FETCH (RFC 8132) with ``payload`` as the query; keywords and cancellation as for :meth:`put`."""
+        return await self._with_body(Code.FETCH, uri, payload, kwargs)
+
+    async def patch(self, uri: str, payload: bytes = b"", **kwargs: Unpack[_BodyArgs]) -> Message:
+        """PATCH (RFC 8132); keywords and cancellation as for :meth:`put`."""
+        return await self._with_body(Code.PATCH, uri, payload, kwargs)
+
+    async def ipatch(self, uri: str, payload: bytes = b"", **kwargs: Unpack[_BodyArgs]) -> Message:
+        """iPATCH (RFC 8132, idempotent); keywords and cancellation as for :meth:`put`."""
+        return await self._with_body(Code.IPATCH, uri, payload, kwargs)
+
+    async def _with_body(self, code: Code, uri: str, payload: bytes, kwargs: _BodyArgs) -> Message:
+        message = self.build(
+            code, uri, payload=payload,
+            content_format=kwargs.get("content_format"), accept=kwargs.get("accept"),
+            con=kwargs.get("con", True), options=kwargs.get("options", ()),
+        )
+        return await self.request(message, tuning=kwargs.get("tuning"))
 
     @staticmethod
     def build(
@@ -282,13 +339,16 @@ class Context:
         content_format: int | None = None,
         accept: int | None = None,
         con: bool = True,
+        options: Iterable[tuple[int, OptionValue]] = (),
     ) -> Message:
-        """The request message the convenience methods send."""
+        """The request message the convenience methods send (to change it before :meth:`request`)."""
         message = Message(Type.CON if con else Type.NON, code, payload=payload, uri=uri)
         if content_format is not None:
             message.opt.content_format = int(content_format)
         if accept is not None:
             message.opt.accept = int(accept)
+        for number, value in options:
+            message.opt.add(number, value)
         return message
 
     async def _route(self, remote: Remote) -> tuple[UDPEndpoint, Remote]:
@@ -426,6 +486,14 @@ class Context:
             # The renderer built a message that cannot go on the wire; never let that stop the endpoint.
             log.exception("cannot encode the response to %r", request)
             endpoint.layer.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterable[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def _literal(host: str, port: int) -> tuple[int | None, tuple[Any, ...]]:

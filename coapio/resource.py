@@ -33,6 +33,7 @@ __all__ = [
     "WellKnownCore",
     "check_preconditions",
     "default_success_code",
+    "validate_etag",
 ]
 
 #: A renderer: a method of a resource taking the request and returning the response.

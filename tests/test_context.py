@@ -510,3 +510,32 @@ async def test_server_reads_the_request_uri_from_uri_host_or_its_own_address(
         named.opt.uri_host = "sensor.example"
         named.opt.uri_port = 61616
         assert (await client.request(named)).payload == b"coap://sensor.example:61616/where"
+
+
+async def test_local_addresses_name_the_bound_ports() -> None:
+    async with Context(bind=[LOCAL, ("127.0.0.1", 0)]) as ctx:
+        addresses = ctx.local_addresses
+        assert [host for host, _ in addresses] == ["127.0.0.1", "127.0.0.1"]
+        assert all(port > 0 for _, port in addresses) and addresses[0] != addresses[1]
+
+
+async def test_shortcuts_add_raw_options(server: tuple[Context, Counting, Slow]) -> None:
+    ctx, _, _ = server
+    async with Context(bind=[LOCAL]) as client:
+        response = await client.get(
+            uri(ctx, "where"), options=[(coapio.OptionNumber.URI_QUERY, "k=v")], accept=0
+        )
+        assert response.payload.endswith(b"/where?k=v")
+
+
+async def test_ctrl_c_in_a_socket_task_comes_out_as_keyboard_interrupt() -> None:
+    class Interrupting(Resource):
+        def render_get(self, request: Message) -> Message:
+            raise KeyboardInterrupt  # what trio does when Ctrl-C lands while this task runs
+
+    site = Site()
+    site.add("ki", Interrupting())
+    with pytest.raises(KeyboardInterrupt):
+        async with Context(bind=[LOCAL], site=site) as server, Context(bind=[LOCAL]) as client:
+            with trio.fail_after(5):
+                await client.get(uri(server, "ki"))
