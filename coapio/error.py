@@ -13,6 +13,7 @@ Three families:
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from .codes import Code
 
@@ -117,11 +118,19 @@ class RenderableError(CoapError):
 
     code: Code = Code.INTERNAL_SERVER_ERROR
 
-    def __init__(self, message: str = "", *, code: Code | None = None):
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: Code | None = None,
+        options: Sequence[tuple[int, int | bytes | str]] = (),
+    ):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        #: Options the error response must carry, e.g. Size1 with 4.13 or Max-Age with 5.03.
+        self.options: list[tuple[int, int | bytes | str]] = list(options)
 
 
 class BadRequest(RenderableError):

@@ -237,4 +237,7 @@ def make_response(request: Message, result: Any) -> Message:
 
 def error_response(exc: error.RenderableError) -> Message:
     """The response for a library error raised by a renderer, with its diagnostic payload."""
-    return Message(code=exc.code, payload=exc.message.encode("utf-8"))
+    response = Message(code=exc.code, payload=exc.message.encode("utf-8"))
+    for number, value in exc.options:
+        response.opt.add(number, value)
+    return response
