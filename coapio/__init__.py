@@ -7,12 +7,13 @@ other name may change between releases.
 
 from .codes import Code, Type
 from .contentformat import ContentFormat
-from .context import Context, Counters
+from .context import Context, Counters, Observation
 from .error import CoapError, MessageFormatError
 from .message import Message
 from .options import BlockValue, OptionNumber, Options
 from .pipe import Pipe, PipeEvent
 from .resource import Resource, Site, check_preconditions, validate_etag
+from .server import ObservableResource
 from .tuning import TransportTuning
 
 __version__ = "0.1.0.dev0"
@@ -26,6 +27,8 @@ __all__ = [
     "Counters",
     "Message",
     "MessageFormatError",
+    "ObservableResource",
+    "Observation",
     "OptionNumber",
     "Options",
     "Pipe",

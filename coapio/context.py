@@ -11,6 +11,7 @@ to the site's resources.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ import anyio.abc
 import attrs
 
 from . import error
+from .blockwise import Block1Sender, Block2Assembler
 from .codes import Code, Type
 from .message import Message, Remote
 from .messagelayer import (
@@ -33,13 +35,15 @@ from .messagelayer import (
     ResponseReceived,
     TimedOut,
 )
-from .options import OptionNumber, OptionValue
-from .pipe import Pipe
-from .resource import Handler, Site, _rest_of_path, error_response, make_response
+from .observe import OBSERVE_REGISTER, ClientObservation, Verdict
+from .options import OptionValue
+from .pipe import Pipe, PipeEvent
+from .resource import Site
+from .server import ServerDispatch
 from .tuning import TransportTuning
 from .udp import UDPEndpoint, open_udp_socket, parse_bind
 
-__all__ = ["Context", "Counters", "TokenManager"]
+__all__ = ["Context", "Counters", "Observation", "TokenManager"]
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +119,6 @@ class TokenManager:
             pipe.add_exception(exception)
 
 
-class _ServerExchange:
-    """An async handler's task: the request and the cancel scope that loss of interest cancels."""
-
-    __slots__ = ("request", "scope")
-
-    def __init__(self, request: Message):
-        self.request = request
-        self.scope = anyio.CancelScope()
-
-
 class Context:
     """A CoAP endpoint: client, server, or both; see the module docstring.
 
@@ -152,7 +146,7 @@ class Context:
         self.tokens = TokenManager(token_length)
         self._reuse_port = reuse_port
         self._endpoints: list[UDPEndpoint] = []
-        self._incoming: dict[tuple[bytes, Remote], _ServerExchange] = {}
+        self.server = ServerDispatch(site, self.tuning)
         self._task_group: anyio.abc.TaskGroup | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -172,9 +166,11 @@ class Context:
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
+        self.server.task_group = task_group
         for sock in sockets:
             endpoint = UDPEndpoint(
-                sock, self.tuning, self._dispatch, self._network_error, self.tokens.expects
+                sock, self.tuning, self._dispatch, self._network_error, self.tokens.expects,
+                upper_timer=self._upper_timer if self.site is not None else None,
             )
             self._endpoints.append(endpoint)
             task_group.start_soon(endpoint.run, name="coapio endpoint")
@@ -199,6 +195,7 @@ class Context:
         task_group = self._task_group
         assert task_group is not None
         task_group.cancel_scope.cancel()
+        self.server.close()
         try:
             return await task_group.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
@@ -231,20 +228,25 @@ class Context:
         return Counters(
             open_exchanges=sum(e.layer.open_exchanges for e in self._endpoints),
             live_tokens=len(self.tokens.outgoing),
-            live_handlers=len(self._incoming),
+            live_handlers=self.server.live_handlers,
             dedup_entries=sum(e.layer.dedup_entries for e in self._endpoints),
         )
 
     # --- client API --------------------------------------------------------------------------------
 
     async def request(self, message: Message, *, tuning: TransportTuning | None = None) -> Message:
-        """Send a request and return its final response.
+        """Send a request and return its final response, block-wise where needed (RFC 7959).
 
         ``message.remote`` is the destination (``Message(uri=...)`` sets it); the token is generated
-        unless set, and the message ID is always allocated anew, so a message can be sent again.
+        unless set, and the message ID is always allocated anew, so a message can be sent again. A
+        payload larger than one block (``tuning.block_szx``) goes out with Block1 and a fresh Request-Tag;
+        a response with Block2 is fetched block by block and returned whole (up to
+        ``tuning.max_body_size``, with its ETag checked across blocks).
+
         Raises :class:`~coapio.error.RequestTimedOut` after the last retransmission,
         :class:`~coapio.error.ResetReceived`, :class:`~coapio.error.NetworkError` (ICMP errors, at once),
-        :class:`~coapio.error.ResponseRejected`.
+        :class:`~coapio.error.ResponseRejected`. Once the server has acknowledged a request (empty ACK),
+        its separate response may take as long as the server needs: bound the wait with your own scope.
 
         Cancellation is the timeout API (``with anyio.fail_after(5): await ctx.request(m)``): when the
         caller is cancelled, retransmission stops, the token is freed at once, and nothing more is sent
@@ -254,6 +256,37 @@ class Context:
             raise ValueError(f"{message.code.dotted} is not a request code")
         if message.type not in (Type.CON, Type.NON):
             raise ValueError("a request is sent as CON or NON")
+        settings = tuning or self.tuning
+        _, message.remote = await self._route(message.remote)
+        if len(message.payload) > 1 << (settings.block_szx + 4):
+            sender = Block1Sender(message, szx=settings.block_szx, request_tag=os.urandom(4))
+            step: Message | None = sender.first_request()
+            while step is not None:
+                step = sender.feed(await self._exchange(step, tuning))
+            response = sender.final_response
+            assert response is not None
+            if sender.needs_block2:
+                return await self._fetch_blocks(sender.continuation_request(), response, tuning)
+            return response
+        response = await self._exchange(message, tuning)
+        block2 = response.opt.block2
+        if block2 is not None and block2.more:
+            return await self._fetch_blocks(message, response, tuning)
+        return response
+
+    async def _fetch_blocks(
+        self, request: Message, first: Message, tuning: TransportTuning | None
+    ) -> Message:
+        """Fetch the remaining blocks of a Block2 response and return the whole representation."""
+        settings = tuning or self.tuning
+        assembler = Block2Assembler(request, max_body=settings.max_body_size)
+        whole = assembler.feed(first)
+        while whole is None:
+            whole = assembler.feed(await self._exchange(assembler.next_request(), tuning))
+        return whole
+
+    async def _exchange(self, message: Message, tuning: TransportTuning | None) -> Message:
+        """One request, one response: the wire exchange beneath :meth:`request`."""
         endpoint, remote = await self._route(message.remote)
         message.remote = remote
         message.mid = None
@@ -270,6 +303,26 @@ class Context:
             if not endpoint.closed:
                 endpoint.layer.cancel(message, anyio.current_time())
                 endpoint.flush()
+
+    def observe(
+        self,
+        target: str | Message,
+        *,
+        passive: bool = False,
+        buffer: int = 1,
+        tuning: TransportTuning | None = None,
+    ) -> Observation:
+        """Observe a resource (RFC 7641): ``async with ctx.observe(uri) as obs: async for n in obs: ...``.
+
+        ``target`` is a URI or a GET/FETCH message (Observe=0 is set here). The iteration yields the
+        first response and then every fresher notification; a slow consumer sees the newest ones
+        (``buffer`` of them), never a backlog. It ends after a final response: one without Observe, an
+        error code, or the server dropping the observation. Leaving the block deregisters on the wire:
+        a GET with Observe=1 (or, with ``passive=True``, a Reset to the next notification).
+        """
+        request = Message(code=Code.GET, uri=target) if isinstance(target, str) else target.copy()
+        request.opt.observe = OBSERVE_REGISTER
+        return Observation(self, request, passive=passive, buffer=buffer, tuning=tuning)
 
     async def get(
         self,
@@ -381,28 +434,38 @@ class Context:
         kind = type(event)
         if kind is RequestReceived:
             event.message.local = endpoint.local_address_of_last_datagram()
-            self._serve(endpoint, event.message, now)
+            self.server.serve(endpoint, event.message, now)
             return
+        message = event.message
+        pipe = self.tokens.pipe_for(message)
         if kind is ResponseReceived:
-            pipe = self.tokens.pipe_for(event.message)
             if pipe is not None:
-                pipe.add_response(event.message)
+                # An observation's pipe streams; a plain request's ends with its response.
+                pipe.add_response(message, is_last=not pipe.newest_wins)
             return
         if kind is Acknowledged:
+            self.server.on_acknowledged(message, now)
             return
-        pipe = self.tokens.pipe_for(event.message)
-        if pipe is None or (kind is not BadResponse and pipe.request is not event.message):
+        if kind is Reset:
+            self.server.on_reset(message)
+        elif kind is TimedOut:
+            self.server.on_timeout(message)
+        if pipe is None or (kind is not BadResponse and pipe.request is not message):
             return
         if kind is TimedOut:
             pipe.add_exception(error.RequestTimedOut(
-                f"no answer from {event.message.remote!r} after {endpoint.layer.tuning.max_retransmit} "
-                "retransmissions" if event.message.type is Type.CON else
-                f"no response from {event.message.remote!r} to a NON request"
+                f"no answer from {message.remote!r} after {endpoint.layer.tuning.max_retransmit} "
+                "retransmissions" if message.type is Type.CON else
+                f"no response from {message.remote!r} to a NON request"
             ))
         elif kind is Reset:
-            pipe.add_exception(error.ResetReceived(f"{event.message.remote!r} reset the request"))
+            pipe.add_exception(error.ResetReceived(f"{message.remote!r} reset the request"))
         elif isinstance(event, BadResponse):
             pipe.add_exception(error.ResponseRejected(event.reason))
+
+    def _upper_timer(self, now: float) -> float | None:
+        self.server.on_timer(now)
+        return self.server.next_deadline()
 
     def _network_error(self, remote: Remote, exception: OSError) -> None:
         # The requesters' own clean-up then cancels their exchanges in the message layer.
@@ -410,82 +473,117 @@ class Context:
             remote, error.NetworkError(exception.errno, f"{remote!r}: {exception.strerror}")
         )
 
-    # --- serving -----------------------------------------------------------------------------------
+class Observation:
+    """One observation of a resource; made by :meth:`Context.observe`, used as ``async with``.
 
-    def _serve(self, endpoint: UDPEndpoint, request: Message, now: float) -> None:
-        """Route a request: a plain renderer answers inline, an async one gets a task."""
-        site = self.site
-        response: Message | None = None
-        if site is None:
-            response = Message(code=Code.NOT_FOUND, payload=b"this endpoint serves no resources")
-        elif OptionNumber.PROXY_URI in request.opt or OptionNumber.PROXY_SCHEME in request.opt:
-            response = Message(code=Code.PROXYING_NOT_SUPPORTED)
-        else:
-            found = site.resolve(request.opt.uri_path)
-            if found is None:
-                response = Message(code=Code.NOT_FOUND)
-            else:
-                resource, rest = found
-                handler = resource.handler(request.code)
-                if handler is None:
-                    response = Message(code=Code.METHOD_NOT_ALLOWED)
-                elif handler.is_async:
-                    assert self._task_group is not None
-                    self._task_group.start_soon(self._run_async, endpoint, handler, request, rest,
-                                                name="coapio handler")
-                    return
-                else:
-                    reset = _rest_of_path.set(rest) if rest else None
-                    try:
-                        response = make_response(request, handler.function(request))
-                    except error.RenderableError as e:
-                        response = error_response(e)
-                    except Exception:
-                        log.exception("renderer %r failed on %r", handler.function, request)
-                        response = Message(code=Code.INTERNAL_SERVER_ERROR)
-                    finally:
-                        if reset is not None:
-                            _rest_of_path.reset(reset)
-        self._respond(endpoint, request, response, now)
+    ``initial`` is the first response (also the first item of the iteration); ``registered`` says whether
+    the server accepted the observation; ``final`` is the response that ended it, if one did.
+    """
 
-    async def _run_async(
-        self, endpoint: UDPEndpoint, handler: Handler, request: Message, rest: tuple[str, ...]
-    ) -> None:
-        """An async renderer in its own cancel scope; loss of interest cancels it and sends nothing."""
-        key = (request.token, request.remote)
-        exchange = _ServerExchange(request)
-        previous = self._incoming.get(key)
-        if previous is not None:
-            previous.scope.cancel()  # the client reused the token: it lost interest in the older request
-        self._incoming[key] = exchange
-        if rest:
-            _rest_of_path.set(rest)
-        response: Message | None = None
+    def __init__(self, context: Context, request: Message, *, passive: bool, buffer: int,
+                 tuning: TransportTuning | None):
+        self._context = context
+        self._request = request
+        self._passive = passive
+        self._buffer = buffer
+        self._tuning = tuning
+        self._state: ClientObservation | None = None
+        self._pipe: Pipe | None = None
+        self._endpoint: UDPEndpoint | None = None
+        self._pending_initial = True
+        self.initial: Message | None = None
+        self.final: Message | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self._state is not None and self._state.registered
+
+    async def __aenter__(self) -> Observation:
+        """Register and wait for the first response. Cancellation: as for :meth:`Context.request`."""
+        ctx = self._context
+        request = self._request
+        endpoint, remote = await ctx._route(request.remote)
+        request.remote = remote
+        request.mid = None
+        if not request.token:
+            request.token = ctx.tokens.new_token(remote)
+        self._state = ClientObservation(request)
+        pipe = self._pipe = Pipe(request, buffer=self._buffer, newest_wins=True)
+        ctx.tokens.register(pipe)
+        self._endpoint = endpoint
         try:
-            with exchange.scope:
-                try:
-                    response = make_response(request, await handler.function(request))  # type: ignore[misc]
-                except error.RenderableError as e:
-                    response = error_response(e)
-                except Exception:
-                    log.exception("renderer %r failed on %r", handler.function, request)
-                    response = Message(code=Code.INTERNAL_SERVER_ERROR)
-        finally:
-            if self._incoming.get(key) is exchange:
-                del self._incoming[key]
-        if response is not None and not endpoint.closed:
-            self._respond(endpoint, request, response, anyio.current_time())
-            endpoint.flush()
+            endpoint.send(request, self._tuning)
+            self.initial = await self._next_delivered()
+        except BaseException:
+            self._release(deregister=False)
+            raise
+        return self
 
-    def _respond(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float) -> None:
-        try:
-            endpoint.layer.respond(request, response, now)
-        except error.MessageIdsExhausted as e:
-            log.warning("dropping a separate response: %s", e)
-        except (ValueError, TypeError, OverflowError):
-            # The renderer built a message that cannot go on the wire; never let that stop the endpoint.
-            log.exception("cannot encode the response to %r", request)
-            endpoint.layer.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Deregister: Observe=1 actively, or (passive) let the next notification be Reset."""
+        self._release(deregister=not self._passive)
+
+    def _release(self, *, deregister: bool) -> None:
+        ctx, pipe, endpoint, state = self._context, self._pipe, self._endpoint, self._state
+        if pipe is None or endpoint is None or state is None:
+            return
+        ctx.tokens.unregister(pipe)
+        pipe.close()
+        self._pipe = None
+        if endpoint.closed:
+            return
+        now = anyio.current_time()
+        endpoint.layer.cancel(pipe.request, now)
+        if deregister and state.registered and not state.ended:
+            # Fire and forget: its answer finds no pipe and is dropped (or Reset, if separate).
+            endpoint.send(state.deregistration_request(), self._tuning)
+        endpoint.flush()
+
+    def __aiter__(self) -> Observation:
+        return self
+
+    async def __anext__(self) -> Message:
+        """The next response; re-registers when the last one's Max-Age ran out (RFC 7641 §3.3.1).
+
+        Cancellation: a cancelled wait loses nothing; the observation stays registered until the block
+        is left.
+        """
+        if self._pending_initial:
+            self._pending_initial = False
+            if self.initial is not None:
+                return self.initial
+        if self.final is not None or self._pipe is None:
+            raise StopAsyncIteration
+        return await self._next_delivered()
+
+    async def _next_delivered(self) -> Message:
+        state, pipe = self._state, self._pipe
+        assert state is not None and pipe is not None
+        while True:
+            deadline = state.next_deadline()
+            event: PipeEvent | None = None
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+                event = await pipe.__anext__()
+            if event is None:  # nothing fresh within Max-Age: the server may have forgotten us
+                assert self._endpoint is not None
+                self._endpoint.send(state.reregistration_request(anyio.current_time()), self._tuning)
+                continue
+            if event.exception is not None:
+                raise event.exception
+            assert event.message is not None
+            message = event.message
+            verdict = state.on_response(message, anyio.current_time())
+            if verdict is Verdict.STALE:
+                continue
+            block2 = message.opt.block2
+            if block2 is not None and block2.more:
+                # A notification larger than a block: the rest is fetched with plain GETs (RFC 7959 §2.6).
+                rest = self._request.copy(token=b"")
+                rest.opt.observe = None
+                message = await self._context._fetch_blocks(rest, message, self._tuning)
+            if verdict is Verdict.FINAL:
+                self.final = message
+            return message
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterable[BaseException]:

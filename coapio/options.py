@@ -147,16 +147,10 @@ SPECS: dict[int, OptionSpec] = {
 #: The option numbers coapio's codec knows; a receiver passes its own set when it supports fewer.
 KNOWN_OPTIONS: frozenset[int] = frozenset(SPECS)
 
-#: The critical options the runtime does not implement yet (block-wise transfer, OSCORE): a request
+#: The critical options the runtime does not implement yet (Q-Block of RFC 9177, OSCORE): a request
 #: carrying one is answered 4.02 and a response carrying one is rejected, instead of being misread.
 UNIMPLEMENTED_CRITICAL: frozenset[int] = frozenset(
-    {
-        OptionNumber.BLOCK1,
-        OptionNumber.BLOCK2,
-        OptionNumber.Q_BLOCK1,
-        OptionNumber.Q_BLOCK2,
-        OptionNumber.OSCORE,
-    }
+    {OptionNumber.Q_BLOCK1, OptionNumber.Q_BLOCK2, OptionNumber.OSCORE}
 )
 
 

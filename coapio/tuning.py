@@ -49,6 +49,16 @@ class TransportTuning:
     max_queued_per_peer: int = attrs.field(default=1_000, validator=_at_least_one)
     max_tracked_non: int = attrs.field(default=10_000, validator=_at_least_one)
 
+    #: Block-wise transfer (RFC 7959): the preferred block size as SZX (6: 1024 bytes), the largest body
+    #: a request or response may reassemble to, and the server's bounds on reassembly in progress.
+    block_szx: int = attrs.field(default=6, validator=attrs.validators.in_(range(7)))
+    max_body_size: int = attrs.field(default=8 * 1024 * 1024, validator=_at_least_one)
+    max_reassembly_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_at_least_one)
+    max_block_transfers: int = attrs.field(default=128, validator=_at_least_one)
+    #: Observe (RFC 7641): the server's bounds on observers; more registrations get plain responses.
+    max_observers: int = attrs.field(default=10_000, validator=_at_least_one)
+    max_observers_per_resource: int = attrs.field(default=1_000, validator=_at_least_one)
+
     def __attrs_post_init__(self) -> None:
         if self.ack_random_factor < 1:
             raise ValueError("ack_random_factor must be at least 1")

@@ -121,8 +121,12 @@ class UDPEndpoint:
         dispatch: Callable[[UDPEndpoint, Event, float], None],
         on_network_error: Callable[[Remote, OSError], None],
         expects_response: Callable[[bytes, Remote], bool],
+        upper_timer: Callable[[float], float | None] | None = None,
     ):
         self.sock = sock
+        # The layers above (reassembly expiry, observer pacing) share this task's one timer: called on
+        # every wake-up with the time, it does what is due and returns when it next wants to run.
+        self._upper_timer = upper_timer
         self.family = sock.family
         self.local: Remote = sock.getsockname()
         self.dual_stack = self.family == socket.AF_INET6 and not sock.getsockopt(
@@ -241,6 +245,10 @@ class UDPEndpoint:
                     for event in layer.on_timer(now):
                         dispatch(self, event, now)
                     deadline = layer.next_deadline()
+                if self._upper_timer is not None:
+                    upper = self._upper_timer(now)
+                    if upper is not None and (deadline is None or upper < deadline):
+                        deadline = upper
                 out = layer.datagrams_to_send()
                 if out:
                     self._write(out)

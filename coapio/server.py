@@ -1,0 +1,345 @@
+"""The server side of a Context: routes requests to resources and turns renderers' results into
+responses, with block-wise transfer (RFC 7959) and observation (RFC 7641) around them.
+
+Plain ``def`` renderers run inline on the endpoint's socket task (the fast path); ``async def`` ones get a
+task under a cancel scope that the client's loss of interest cancels. Protocol rules live in the sans-IO
+modules (:mod:`coapio.blockwise`, :mod:`coapio.observe`); this module only drives them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from . import error
+from .blockwise import Block1Reassembler, Complete, Continue, segment_response
+from .codes import Code
+from .message import Message, Remote
+from .observe import OBSERVE_REGISTER, Observer, ObserverTable
+from .options import OptionNumber
+from .resource import Handler, Resource, Site, _rest_of_path, error_response, make_response
+from .tuning import TransportTuning
+from .udp import UDPEndpoint
+
+__all__ = ["ObservableResource", "ServerDispatch"]
+
+log = logging.getLogger(__name__)
+
+
+class ObservableResource(Resource):
+    """A resource clients can observe (RFC 7641): call :meth:`notify` when its state changes.
+
+    Each observer gets its own rendering of ``render_get`` for every notification (so Accept and query
+    options are honoured per observer). Notifications are NON, with a CON at least every 24 hours and
+    whenever ``notify(confirmable=True)`` asks. An optional ``async def observation(self, request)`` runs
+    for as long as one observer stays registered, in a cancel scope that the observer's loss of interest
+    (Reset, deregistration, an unacknowledged CON, the context's exit) cancels — its ``finally`` runs.
+    """
+
+    link_attributes: Any = {"obs": None}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._servers: set[ServerDispatch] = set()
+
+    def notify(self, *, confirmable: bool = False) -> None:
+        """Tell every observer that the state changed; they get the newest state, never a backlog."""
+        for server in list(self._servers):
+            server.notify(self, confirmable)
+
+    @property
+    def observer_count(self) -> int:
+        return sum(server.observers.count(self) for server in self._servers)
+
+
+class _ServerExchange:
+    """An async handler's task: the request and the cancel scope that loss of interest cancels."""
+
+    __slots__ = ("request", "scope")
+
+    def __init__(self, request: Message):
+        self.request = request
+        self.scope = anyio.CancelScope()
+
+
+class ServerDispatch:
+    """Serves one Context's site; created by the Context, fed by its endpoints' socket tasks."""
+
+    def __init__(self, site: Site | None, tuning: TransportTuning):
+        self.site = site
+        self.tuning = tuning
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self.incoming: dict[tuple[bytes, Remote], _ServerExchange] = {}
+        self.reassembler = Block1Reassembler(
+            max_body=tuning.max_body_size,
+            max_total=tuning.max_reassembly_bytes,
+            max_transfers=tuning.max_block_transfers,
+            lifetime=tuning.exchange_lifetime,
+            max_szx=tuning.block_szx,
+        )
+        self.observers: ObserverTable[ObservableResource] = ObserverTable(
+            max_total=tuning.max_observers, max_per_resource=tuning.max_observers_per_resource
+        )
+        self._observer_endpoint: dict[tuple[Remote, bytes], UDPEndpoint] = {}
+        self._observation_scopes: dict[tuple[Remote, bytes], anyio.CancelScope] = {}
+
+    def close(self) -> None:
+        """Detach from observable resources (the context is ending; its tasks are being cancelled)."""
+        for observer in list(self.observers._by_id.values()):
+            observer.resource._servers.discard(self)
+        self._observation_scopes.clear()
+
+    # --- requests ------------------------------------------------------------------------------------
+
+    def serve(self, endpoint: UDPEndpoint, request: Message, now: float) -> None:
+        """Route a request: a plain renderer answers inline, an async one gets a task."""
+        site = self.site
+        if site is None:
+            return self._respond(endpoint, request, Message(code=Code.NOT_FOUND), now)
+        opt = request.opt
+        if OptionNumber.PROXY_URI in opt or OptionNumber.PROXY_SCHEME in opt:
+            return self._respond(endpoint, request, Message(code=Code.PROXYING_NOT_SUPPORTED), now)
+        complete: Complete | None = None
+        if OptionNumber.BLOCK1 in opt:
+            try:
+                result = self.reassembler.feed(request, now)
+            except error.RenderableError as e:
+                return self._respond(endpoint, request, error_response(e), now)
+            if isinstance(result, Continue):
+                return self._respond(endpoint, request, result.response, now)
+            complete = result
+            request = result.request
+        elif OptionNumber.BLOCK2 in opt:
+            block = opt.block2
+            if block is not None and block.num > 0:
+                cached = self.reassembler.cached_response(request, now)
+                if cached is not None:
+                    return self._respond(endpoint, request, cached, now, full=True)
+        self._forget_observer_on_plain_request(request)
+        found = site.resolve(opt.uri_path)
+        if found is None:
+            return self._respond(endpoint, request, Message(code=Code.NOT_FOUND), now)
+        resource, rest = found
+        handler = resource.handler(request.code)
+        if handler is None:
+            return self._respond(endpoint, request, Message(code=Code.METHOD_NOT_ALLOWED), now)
+        if handler.is_async:
+            assert self.task_group is not None
+            self.task_group.start_soon(
+                self._run_async, endpoint, handler, request, rest, complete, name="coapio handler"
+            )
+            return None
+        reset = _rest_of_path.set(rest) if rest else None
+        try:
+            response = self._render_sync(handler, request)
+        finally:
+            if reset is not None:
+                _rest_of_path.reset(reset)
+        self._finish(endpoint, request, resource, response, complete, now)
+        return None
+
+    @staticmethod
+    def _render_sync(handler: Handler, request: Message) -> Message:
+        try:
+            return make_response(request, handler.function(request))
+        except error.RenderableError as e:
+            return error_response(e)
+        except Exception:
+            log.exception("renderer %r failed on %r", handler.function, request)
+            return Message(code=Code.INTERNAL_SERVER_ERROR)
+
+    async def _run_async(self, endpoint: UDPEndpoint, handler: Handler, request: Message,
+                         rest: tuple[str, ...], complete: Complete | None) -> None:
+        """An async renderer in its own cancel scope; loss of interest cancels it and sends nothing."""
+        key = (request.token, request.remote)
+        exchange = _ServerExchange(request)
+        previous = self.incoming.get(key)
+        if previous is not None:
+            previous.scope.cancel()  # the client reused the token: it lost interest in the older request
+        self.incoming[key] = exchange
+        if rest:
+            _rest_of_path.set(rest)
+        response: Message | None = None
+        try:
+            with exchange.scope:
+                function: Callable[[Message], Awaitable[Message]] = handler.function  # type: ignore[assignment]
+                try:
+                    response = make_response(request, await function(request))
+                except error.RenderableError as e:
+                    response = error_response(e)
+                except Exception:
+                    log.exception("renderer %r failed on %r", handler.function, request)
+                    response = Message(code=Code.INTERNAL_SERVER_ERROR)
+        finally:
+            if self.incoming.get(key) is exchange:
+                del self.incoming[key]
+        if response is not None and not endpoint.closed:
+            now = anyio.current_time()
+            self._finish(endpoint, request, handler.resource, response, complete, now)
+            endpoint.flush()
+
+    def _finish(self, endpoint: UDPEndpoint, request: Message, resource: Resource, response: Message,
+                complete: Complete | None, now: float) -> None:
+        """Observe registration, Block1 acknowledgement and Block2 segmentation, then send."""
+        if isinstance(resource, ObservableResource) and request.opt.observe is not None:
+            self._observe_request(endpoint, request, resource, response, now)
+        if complete is not None:
+            if response.code.is_successful() and response.payload:
+                self.reassembler.remember_response(request, response, now)
+            self._respond(endpoint, request, response, now, full=True, complete=complete)
+        else:
+            self._respond(endpoint, request, response, now, full=True)
+
+    def _respond(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float, *,
+                 full: bool = False, complete: Complete | None = None) -> None:
+        try:
+            if full and (response.payload or OptionNumber.BLOCK2 in request.opt):
+                response = segment_response(request, response, max_szx=self.tuning.block_szx)
+            if complete is not None:
+                response = complete.acknowledge(response)
+        except error.RenderableError as e:
+            response = error_response(e)
+        try:
+            endpoint.layer.respond(request, response, now)
+        except error.MessageIdsExhausted as e:
+            log.warning("dropping a separate response: %s", e)
+        except (ValueError, TypeError, OverflowError):
+            # The renderer built a message that cannot go on the wire; never let that stop the endpoint.
+            log.exception("cannot encode the response to %r", request)
+            endpoint.layer.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
+
+    # --- observation ---------------------------------------------------------------------------------
+
+    def _observe_request(self, endpoint: UDPEndpoint, request: Message, resource: ObservableResource,
+                         response: Message, now: float) -> None:
+        """Register or deregister the client for a GET/FETCH carrying Observe (RFC 7641 §4.1, §3.6)."""
+        if request.opt.observe != OBSERVE_REGISTER or not response.code.is_successful():
+            self._drop_observer(self.observers.deregister(request.remote, request.token))
+            return
+        observer = self.observers.register(resource, request, now)
+        if observer is None:
+            return  # refused (limits): the response goes without Observe, which §4.1 allows
+        key = (request.remote, request.token)
+        self._observer_endpoint[key] = endpoint
+        resource._servers.add(self)
+        response.opt.observe = self.observers.next_sequence(observer, now)
+        observation = getattr(resource, "observation", None)
+        if observation is not None and key not in self._observation_scopes and self.task_group is not None:
+            scope = anyio.CancelScope()
+            self._observation_scopes[key] = scope
+            self.task_group.start_soon(self._run_observation, observation, request, scope, key,
+                                       name="coapio observation")
+
+    async def _run_observation(self, observation: Callable[[Message], Awaitable[None]], request: Message,
+                               scope: anyio.CancelScope, key: tuple[Remote, bytes]) -> None:
+        try:
+            with scope:
+                await observation(request)
+        except Exception:
+            log.exception("observation handler %r failed", observation)
+        finally:
+            if self._observation_scopes.get(key) is scope:
+                del self._observation_scopes[key]
+
+    def _forget_observer_on_plain_request(self, request: Message) -> None:
+        """A request without Observe on an observation's token ends it (RFC 7641 §3.6, §4.1)."""
+        if request.opt.observe is None and self.observers:
+            self._drop_observer(self.observers.deregister(request.remote, request.token))
+
+    def _drop_observer(self, observer: Observer[ObservableResource] | None) -> None:
+        """Loss of interest: forget the observer and cancel its observation's scope."""
+        if observer is None:
+            return
+        key = (observer.remote, observer.token)
+        self._observer_endpoint.pop(key, None)
+        scope = self._observation_scopes.pop(key, None)
+        if scope is not None:
+            scope.cancel()
+        if not self.observers.count(observer.resource):
+            observer.resource._servers.discard(self)
+
+    def notify(self, resource: ObservableResource, confirmable: bool) -> None:
+        now = anyio.current_time()
+        self.observers.notify(resource, now, confirmable=confirmable)
+        self.send_due(now)
+
+    def send_due(self, now: float) -> None:
+        """Render and send every notification the observer table allows now."""
+        touched: set[UDPEndpoint] = set()
+        for observer in self.observers.due(now):
+            endpoint = self._observer_endpoint.get((observer.remote, observer.token))
+            if endpoint is None or endpoint.closed:
+                self._drop_observer(observer if self.observers.remove(observer) else None)
+                continue
+            resource = observer.resource
+            handler = resource.handler(observer.request.code)
+            if handler is None or handler.is_async:
+                # Async renderers cannot run inline; they render in a task of their own.
+                if handler is not None and self.task_group is not None:
+                    self.task_group.start_soon(self._notify_async, observer, handler, name="coapio notify")
+                continue
+            response = self._render_sync(handler, observer.request)
+            self._send_notification(endpoint, observer, response, now)
+            touched.add(endpoint)
+        for endpoint in touched:
+            endpoint.flush()
+
+    async def _notify_async(self, observer: Observer[ObservableResource], handler: Handler) -> None:
+        function: Callable[[Message], Awaitable[Message]] = handler.function  # type: ignore[assignment]
+        try:
+            response = make_response(observer.request, await function(observer.request))
+        except error.RenderableError as e:
+            response = error_response(e)
+        except Exception:
+            log.exception("renderer %r failed on %r", handler.function, observer.request)
+            response = Message(code=Code.INTERNAL_SERVER_ERROR)
+        endpoint = self._observer_endpoint.get((observer.remote, observer.token))
+        if endpoint is not None and not endpoint.closed:
+            self._send_notification(endpoint, observer, response, anyio.current_time())
+            endpoint.flush()
+
+    def _send_notification(self, endpoint: UDPEndpoint, observer: Observer[ObservableResource],
+                           response: Message, now: float) -> None:
+        message = self.observers.prepare_notification(observer, response, now)
+        if message is None:
+            return
+        if not observer.active:
+            self._drop_observer(observer)  # an error response ended the observation (RFC 7641 §4.2)
+        try:
+            # A notification larger than a block carries its first block (RFC 7959 §2.6).
+            if len(message.payload) > 1 << (self.tuning.block_szx + 4):
+                message = segment_response(observer.request, message, max_szx=self.tuning.block_szx)
+            endpoint.layer.send(message, now)
+        except (error.CoapError, ValueError) as e:
+            log.warning("cannot notify %r: %s", observer.remote, e)
+
+    def on_acknowledged(self, message: Message, now: float) -> None:
+        if message.opt.observe is not None and self.observers.on_acknowledged(message, now) is not None:
+            self.send_due(now)
+
+    def on_reset(self, message: Message) -> None:
+        if message.opt.observe is not None or self.observers.get(message.remote, message.token):
+            self._drop_observer(self.observers.on_reset(message))
+
+    def on_timeout(self, message: Message) -> None:
+        if message.opt.observe is not None:
+            self._drop_observer(self.observers.on_timeout(message))
+
+    def next_deadline(self) -> float | None:
+        """When the server wants to run again: owed notifications (pacing) or reassembly expiry."""
+        deadlines = [d for d in (self.observers.next_deadline(), self.reassembler.next_deadline()) if d]
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self, now: float) -> None:
+        self.reassembler.expire(now)
+        if self.observers.next_deadline() is not None:
+            self.send_due(now)
+
+    @property
+    def live_handlers(self) -> int:
+        return len(self.incoming) + len(self._observation_scopes)
+
