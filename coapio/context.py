@@ -268,9 +268,12 @@ class Context:
             if sender.needs_block2:
                 return await self._fetch_blocks(sender.continuation_request(), response, tuning)
             return response
+        asked = message.opt.block2
         response = await self._exchange(message, tuning)
         block2 = response.opt.block2
-        if block2 is not None and block2.more:
+        if block2 is not None and block2.more and (asked is None or asked.num == 0):
+            # A request for block 0 only sets the preferred size (early negotiation, RFC 7959 §2.4);
+            # one for a later block is random access, and gets just that block.
             return await self._fetch_blocks(message, response, tuning)
         return response
 
