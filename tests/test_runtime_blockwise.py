@@ -13,6 +13,7 @@ import trio.lowlevel
 import trio.testing
 
 from coapio import BlockValue, Code, Context, Message, Resource, Site, TransportTuning, Type
+from coapio.error import ResponseRejected
 
 LOCAL = ("127.0.0.1", 0)
 
@@ -104,10 +105,13 @@ async def test_concurrent_transfers_to_one_resource_stay_apart() -> None:
 
     store._handlers[Code.PUT] = attrs.evolve(store._handlers[Code.PUT], function=record)
     tuning = attrs.evolve(TransportTuning(), nstart=4)
-    async with served(store) as server, Context(bind=[LOCAL], tuning=tuning) as client:
-        async with trio.open_nursery() as nursery:
-            for body in bodies:
-                nursery.start_soon(client.put, uri(server), body)
+    async with (
+        served(store) as server,
+        Context(bind=[LOCAL], tuning=tuning) as client,
+        trio.open_nursery() as nursery,
+    ):
+        for body in bodies:
+            nursery.start_soon(client.put, uri(server), body)
     assert sorted(seen) == sorted(bodies)  # Request-Tag kept the four reassemblies apart
 
 
@@ -125,7 +129,7 @@ async def test_response_over_the_client_limit_is_rejected() -> None:
     store = Store(os.urandom(20_000))
     limited = attrs.evolve(TransportTuning(), max_body_size=8192)
     async with served(store) as server, Context(bind=[LOCAL], tuning=limited) as client:
-        with pytest.raises(Exception, match="8192|limit|large"):
+        with pytest.raises(ResponseRejected, match=r"limit of 8192"):
             await client.get(uri(server))
         assert client.counters.live_tokens == 0
 
