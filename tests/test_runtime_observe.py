@@ -1,0 +1,255 @@
+"""Observe (RFC 7641) through the runtime: registration, notifications, every way an observation ends,
+and the cancellation contract on both sides."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+import trio.testing
+
+from coapio import Code, Context, Message, ObservableResource, Site, Type
+from coapio.error import NotFound
+
+LOCAL = ("127.0.0.1", 0)
+
+
+class Counter(ObservableResource):
+    """An observable counter; ``observation()`` records its lifetime, as a real data-source hook would."""
+
+    def __init__(self, max_age: int | None = None) -> None:
+        super().__init__()
+        self.value = 0
+        self.deleted = False
+        self.max_age = max_age
+        self.renders = 0
+        self.observations_started = 0
+        self.observations_ended = 0
+
+    def render_get(self, request: Message) -> Message:
+        if self.deleted:
+            raise NotFound("deleted")
+        self.renders += 1
+        response = Message(payload=b"%d" % self.value)
+        if self.max_age is not None:
+            response.opt.max_age = self.max_age
+        return response
+
+    async def observation(self, request: Message) -> None:
+        self.observations_started += 1
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.observations_ended += 1
+
+    def bump(self, *, confirmable: bool = False) -> None:
+        self.value += 1
+        self.notify(confirmable=confirmable)
+
+
+def serve(resource: Counter) -> Context:
+    site = Site()
+    site.add("counter", resource)
+    return Context(bind=[LOCAL], site=site)
+
+
+def uri(ctx: Context) -> str:
+    host, port = ctx.local_addresses[0]
+    return f"coap://{host}:{port}/counter"
+
+
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_notifications_arrive_in_order_after_the_initial_response() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server)) as obs:
+            assert obs.registered and obs.initial is not None and obs.initial.payload == b"0"
+            seen = [(await obs.__anext__()).payload]  # the initial response is the first item
+            for _ in range(3):
+                counter.bump()
+                seen.append((await obs.__anext__()).payload)
+            assert seen == [b"0", b"1", b"2", b"3"]
+            assert counter.observer_count == 1
+
+
+async def test_leaving_the_block_deregisters_and_cancels_the_servers_observation_scope() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server)) as obs:
+            assert obs.registered
+            await settle()
+            assert counter.observations_started == 1
+        await settle()
+        assert counter.observer_count == 0
+        assert counter.observations_ended == 1  # its finally ran
+        assert server.counters.live_handlers == 0
+        assert (client.counters.live_tokens, client.counters.open_exchanges) == (0, 0)
+
+
+async def test_passive_cancellation_resets_the_next_notification() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server), passive=True):
+            pass
+        await settle()
+        assert counter.observer_count == 1  # nothing said yet
+        counter.bump()  # the NON notification is answered with a Reset...
+        await settle()
+        assert counter.observer_count == 0  # ...which removes the observer
+        assert counter.observations_ended == 1
+
+
+async def test_slow_consumer_sees_the_newest_notification() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server)) as obs:
+            await obs.__anext__()  # the initial response
+            for _ in range(20):
+                counter.bump()
+                await settle()
+            assert (await obs.__anext__()).payload == b"20"
+
+
+async def test_an_error_notification_ends_the_iteration() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server)) as obs:
+            items = []
+            counter.deleted = True
+            counter.notify()
+            async for item in obs:
+                items.append(item.code)
+            assert items == [Code.CONTENT, Code.NOT_FOUND]
+            assert obs.final is not None and obs.final.code is Code.NOT_FOUND
+        await settle()
+        assert counter.observer_count == 0
+
+
+async def test_a_resource_that_cannot_be_observed_gives_one_final_response() -> None:
+    site = Site()
+
+    class Plain(Counter.__mro__[2]):  # a plain Resource
+        def render_get(self, request: Message) -> Message:
+            return Message(payload=b"once")
+
+    site.add("plain", Plain())
+    async with Context(bind=[LOCAL], site=site) as server, Context(bind=[LOCAL]) as client:
+        host, port = server.local_addresses[0]
+        async with client.observe(f"coap://{host}:{port}/plain") as obs:
+            assert not obs.registered
+            assert [m.payload async for m in obs] == [b"once"]
+
+
+async def test_confirmable_notifications_and_their_acknowledgement() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server)) as obs:
+            await obs.__anext__()
+            counter.bump(confirmable=True)
+            note = await obs.__anext__()
+            assert note.type is Type.CON and note.payload == b"1"
+            await settle()
+            assert server.counters.open_exchanges == 0  # our ACK arrived
+
+
+async def test_client_reregisters_when_max_age_runs_out(autojump_clock: trio.testing.MockClock) -> None:
+    counter = Counter(max_age=10)
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server)) as obs:
+            await obs.__anext__()
+            renders = counter.renders
+            with trio.move_on_after(20):  # no notification for longer than Max-Age + margin
+                await obs.__anext__()
+            assert counter.renders > renders  # the re-registration was rendered
+            assert counter.observer_count == 1  # and replaced the entry, not added one
+
+
+async def test_vanished_client_is_dropped_after_an_unacknowledged_con_notification(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    counter = Counter()
+    async with serve(counter) as server:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.connect(server.endpoints[0].sock.getsockname())
+            register = Message(Type.CON, Code.GET, 1, b"obs", uri="coap://h/counter")
+            register.opt.observe = 0
+            await sock.send(register.encode())
+            await sock.recv(2048)  # the registration's response; from now on we say nothing
+            assert counter.observer_count == 1
+            counter.bump(confirmable=True)
+            await trio.sleep(100)  # beyond MAX_TRANSMIT_WAIT
+        assert counter.observer_count == 0 and counter.observations_ended == 1
+
+
+async def test_plain_get_with_the_same_token_ends_the_observation() -> None:
+    counter = Counter()
+    async with serve(counter) as server:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(5):
+            await sock.connect(server.endpoints[0].sock.getsockname())
+            register = Message(Type.CON, Code.GET, 1, b"obs", uri="coap://h/counter")
+            register.opt.observe = 0
+            await sock.send(register.encode())
+            first = Message.decode(await sock.recv(2048))
+            assert first.opt.observe is not None
+            plain = Message(Type.CON, Code.GET, 2, b"obs", uri="coap://h/counter")
+            await sock.send(plain.encode())
+            second = Message.decode(await sock.recv(2048))
+            assert second.opt.observe is None
+        await settle()
+        assert counter.observer_count == 0
+
+
+async def test_observer_limit_answers_without_observe() -> None:
+    import attrs
+
+    from coapio import TransportTuning
+
+    counter = Counter()
+    site = Site()
+    site.add("counter", counter)
+    tuning = attrs.evolve(TransportTuning(), max_observers_per_resource=2)
+    async with Context(bind=[LOCAL], site=site, tuning=tuning) as server, Context(bind=[LOCAL]) as client:
+        async with client.observe(uri(server)) as a, client.observe(uri(server)) as b:
+            async with client.observe(uri(server)) as c:
+                assert a.registered and b.registered and not c.registered
+            assert counter.observer_count == 2
+
+
+async def test_context_exit_ends_observations_on_both_sides() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        obs = await client.observe(uri(server)).__aenter__()
+        assert obs.registered
+        # the client left without deregistering (its context is gone): the next notification is
+        # answered by nobody — the server keeps the observer until a CON times out or a Reset comes
+    assert counter.observations_ended == counter.observations_started == 1
+
+
+def test_observation_on_asyncio_too() -> None:
+    import anyio
+
+    async def main() -> None:
+        counter = Counter.__new__(Counter)
+        Counter.__init__(counter)
+
+        async def observation(request: Message) -> None:  # no trio here: anyio only
+            await anyio.sleep_forever()
+
+        counter.observation = observation  # type: ignore[method-assign]
+        site = Site()
+        site.add("counter", counter)
+        async with Context(bind=[LOCAL], site=site) as server, Context(bind=[LOCAL]) as client:
+            with anyio.fail_after(5):
+                async with client.observe(uri(server)) as obs:
+                    await obs.__anext__()
+                    counter.bump()
+                    assert (await obs.__anext__()).payload == b"1"
+
+    anyio.run(main, backend="asyncio")
+
+
