@@ -289,7 +289,23 @@ class Context:
         return whole
 
     async def _exchange(self, message: Message, tuning: TransportTuning | None) -> Message:
-        """One request, one response: the wire exchange beneath :meth:`request`."""
+        """One request and its response, retried once with the server's Echo value when it asks for one
+        with 4.01 (RFC 9175 §2.2.2)."""
+        response = await self._exchange_once(message, tuning)
+        echo = response.opt.echo
+        if response.code == Code.UNAUTHORIZED and echo is not None and message.opt.echo != echo:
+            retry = message.copy(mid=None)
+            retry.opt.echo = echo
+            response = await self._exchange_once(retry, tuning)
+        return response
+
+    async def _exchange_once(self, message: Message, tuning: TransportTuning | None) -> Message:
+        """One request, one response: the wire exchange beneath :meth:`request`.
+
+        With a No-Response option that suppresses success (RFC 7967), a NON request is done once sent and
+        a CON once acknowledged: the result is then the empty acknowledgement (code 0.00), unless an
+        unsuppressed error response came instead.
+        """
         endpoint, remote = await self._route(message.remote)
         message.remote = remote
         message.mid = None
@@ -299,6 +315,8 @@ class Context:
         self.tokens.register(pipe)
         try:
             endpoint.send(message, tuning)
+            if message.type is Type.NON and _suppresses_success(message):
+                return Message(Type.NON, Code.EMPTY, remote=remote)
             return await pipe.response()
         finally:
             self.tokens.unregister(pipe)
@@ -447,6 +465,8 @@ class Context:
                 pipe.add_response(message, is_last=not pipe.newest_wins)
             return
         if kind is Acknowledged:
+            if pipe is not None and pipe.request is message and _suppresses_success(message):
+                pipe.add_response(Message(Type.ACK, Code.EMPTY, message.mid, remote=message.remote))
             self.server.on_acknowledged(message, now)
             return
         if kind is Reset:
@@ -587,6 +607,12 @@ class Observation:
             if verdict is Verdict.FINAL:
                 self.final = message
             return message
+
+
+def _suppresses_success(request: Message) -> bool:
+    """Whether the request's No-Response option asks for no 2.xx response (RFC 7967 §2.1)."""
+    value = request.opt.no_response
+    return value is not None and bool(value & 0x02)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterable[BaseException]:

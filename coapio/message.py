@@ -141,6 +141,19 @@ class Message:
             path=self.opt.uri_path, query=self.opt.uri_query,
         )
 
+    @property
+    def wire_size(self) -> int:
+        """The size of this message encoded for UDP, computed without encoding it."""
+        size = 4 + len(self.token)
+        last = 0
+        for number, value in self.opt:
+            delta, length = number - last, len(value)
+            last = number
+            size += 1 + length + (delta >= 13) + (delta >= 269) + (length >= 13) + (length >= 269)
+        if self.payload:
+            size += 1 + len(self.payload)
+        return size
+
     # --- UDP framing ------------------------------------------------------------------------------
 
     @classmethod

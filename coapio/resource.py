@@ -82,6 +82,9 @@ class Resource:
     """
 
     link_attributes: Mapping[str, str | int | None] | None = {}
+    #: Require proof of freshness (RFC 9175 §2.3) for requests that change state (all but GET and FETCH):
+    #: without a recent Echo value they are answered 4.01 with one, and a client retries with it.
+    requires_fresh: bool = False
 
     def __init__(self) -> None:
         self._handlers: dict[int, Handler] = {}

@@ -17,7 +17,8 @@ import anyio.abc
 
 from . import error
 from .blockwise import Block1Reassembler, Complete, Continue, segment_response
-from .codes import Code
+from .codes import Code, Type
+from .echo import EchoGuard
 from .message import Message, Remote
 from .observe import OBSERVE_REGISTER, Observer, ObserverTable
 from .options import OptionNumber
@@ -28,6 +29,11 @@ from .udp import UDPEndpoint
 __all__ = ["ObservableResource", "ServerDispatch"]
 
 log = logging.getLogger(__name__)
+
+
+_SAFE_METHODS = frozenset({Code.GET, Code.FETCH})
+#: RFC 7967 §2.1: the No-Response bit that suppresses each response class.
+_NO_RESPONSE_BITS = {2: 0x02, 4: 0x08, 5: 0x10}
 
 
 class ObservableResource(Resource):
@@ -84,6 +90,7 @@ class ServerDispatch:
         self.observers: ObserverTable[ObservableResource] = ObserverTable(
             max_total=tuning.max_observers, max_per_resource=tuning.max_observers_per_resource
         )
+        self.echo = EchoGuard(freshness=tuning.echo_freshness)
         self._observer_endpoint: dict[tuple[Remote, bytes], UDPEndpoint] = {}
         self._observation_scopes: dict[tuple[Remote, bytes], anyio.CancelScope] = {}
 
@@ -127,6 +134,9 @@ class ServerDispatch:
         handler = resource.handler(request.code)
         if handler is None:
             return self._respond(endpoint, request, Message(code=Code.METHOD_NOT_ALLOWED), now)
+        if (resource.requires_fresh and request.code not in _SAFE_METHODS
+                and not self.echo.is_fresh(request, now)):
+            return self._respond(endpoint, request, self.echo.challenge(request, now), now)
         if handler.is_async:
             assert self.task_group is not None
             self.task_group.start_soon(
@@ -203,6 +213,14 @@ class ServerDispatch:
                 response = complete.acknowledge(response)
         except error.RenderableError as e:
             response = error_response(e)
+        if self.tuning.echo_amplification_check and self.echo.amplification_risk(request, response, now):
+            response = self.echo.challenge(request, now)
+        suppressed = request.opt.no_response
+        if suppressed and suppressed & _NO_RESPONSE_BITS.get(response.code >> 5, 0):
+            # RFC 7967: the client wants no response of this class; a CON is still acknowledged.
+            if request.type is Type.CON:
+                endpoint.layer.acknowledge(request, now)
+            return
         try:
             endpoint.layer.respond(request, response, now)
         except error.MessageIdsExhausted as e:

@@ -58,6 +58,11 @@ class TransportTuning:
     #: Observe (RFC 7641): the server's bounds on observers; more registrations get plain responses.
     max_observers: int = attrs.field(default=10_000, validator=_at_least_one)
     max_observers_per_resource: int = attrs.field(default=1_000, validator=_at_least_one)
+    #: Echo (RFC 9175 §2): answer a response more than three times the request's size to a peer that
+    #: has not proven its address with 4.01 + Echo first (amplification mitigation, §2.4); and how old
+    #: an Echo value may be to count as fresh for resources that require freshness (§2.3).
+    echo_amplification_check: bool = False
+    echo_freshness: float = attrs.field(default=10.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.ack_random_factor < 1:
