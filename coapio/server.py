@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 
 _SAFE_METHODS = frozenset({Code.GET, Code.FETCH})
+_SPECIAL_REQUEST_OPTIONS = frozenset(
+    {OptionNumber.PROXY_URI, OptionNumber.PROXY_SCHEME, OptionNumber.BLOCK1, OptionNumber.BLOCK2}
+)
 #: RFC 7967 §2.1: the No-Response bit that suppresses each response class.
 _NO_RESPONSE_BITS = {2: 0x02, 4: 0x08, 5: 0x10}
 
@@ -91,6 +94,7 @@ class ServerDispatch:
             max_total=tuning.max_observers, max_per_resource=tuning.max_observers_per_resource
         )
         self.echo = EchoGuard(freshness=tuning.echo_freshness)
+        self._block_size = 1 << (tuning.block_szx + 4)
         self._observer_endpoint: dict[tuple[Remote, bytes], UDPEndpoint] = {}
         self._observation_scopes: dict[tuple[Remote, bytes], anyio.CancelScope] = {}
 
@@ -108,24 +112,26 @@ class ServerDispatch:
         if site is None:
             return self._respond(endpoint, request, Message(code=Code.NOT_FOUND), now)
         opt = request.opt
-        if OptionNumber.PROXY_URI in opt or OptionNumber.PROXY_SCHEME in opt:
-            return self._respond(endpoint, request, Message(code=Code.PROXYING_NOT_SUPPORTED), now)
         complete: Complete | None = None
-        if OptionNumber.BLOCK1 in opt:
-            try:
-                result = self.reassembler.feed(request, now)
-            except error.RenderableError as e:
-                return self._respond(endpoint, request, error_response(e), now)
-            if isinstance(result, Continue):
-                return self._respond(endpoint, request, result.response, now)
-            complete = result
-            request = result.request
-        elif OptionNumber.BLOCK2 in opt:
-            block = opt.block2
-            if block is not None and block.num > 0:
-                cached = self.reassembler.cached_response(request, now)
-                if cached is not None:
-                    return self._respond(endpoint, request, cached, now, full=True)
+        # One pass over the (sorted, usually short) options tells whether a special case applies.
+        if any(number in _SPECIAL_REQUEST_OPTIONS for number, _ in opt):
+            if OptionNumber.PROXY_URI in opt or OptionNumber.PROXY_SCHEME in opt:
+                return self._respond(endpoint, request, Message(code=Code.PROXYING_NOT_SUPPORTED), now)
+            if OptionNumber.BLOCK1 in opt:
+                try:
+                    result = self.reassembler.feed(request, now)
+                except error.RenderableError as e:
+                    return self._respond(endpoint, request, error_response(e), now)
+                if isinstance(result, Continue):
+                    return self._respond(endpoint, request, result.response, now)
+                complete = result
+                request = result.request
+            else:
+                block = opt.block2
+                if block is not None and block.num > 0:
+                    cached = self.reassembler.cached_response(request, now)
+                    if cached is not None:
+                        return self._respond(endpoint, request, cached, now, full=True)
         self._forget_observer_on_plain_request(request)
         found = site.resolve(opt.uri_path)
         if found is None:
@@ -207,7 +213,7 @@ class ServerDispatch:
     def _respond(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float, *,
                  full: bool = False, complete: Complete | None = None) -> None:
         try:
-            if full and (response.payload or OptionNumber.BLOCK2 in request.opt):
+            if full and (len(response.payload) > self._block_size or OptionNumber.BLOCK2 in request.opt):
                 response = segment_response(request, response, max_szx=self.tuning.block_szx)
             if complete is not None:
                 response = complete.acknowledge(response)
@@ -215,8 +221,8 @@ class ServerDispatch:
             response = error_response(e)
         if self.tuning.echo_amplification_check and self.echo.amplification_risk(request, response, now):
             response = self.echo.challenge(request, now)
-        suppressed = request.opt.no_response
-        if suppressed and suppressed & _NO_RESPONSE_BITS.get(response.code >> 5, 0):
+        raw = request.opt.get(OptionNumber.NO_RESPONSE)
+        if raw and int.from_bytes(raw, "big") & _NO_RESPONSE_BITS.get(response.code >> 5, 0):
             # RFC 7967: the client wants no response of this class; a CON is still acknowledged.
             if request.type is Type.CON:
                 endpoint.layer.acknowledge(request, now)
