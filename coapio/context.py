@@ -473,7 +473,9 @@ class Context:
             self.server.on_reset(message)
         elif kind is TimedOut:
             self.server.on_timeout(message)
-        if pipe is None or (kind is not BadResponse and pipe.request is not message):
+        # A plain request's pipe fails only for its own message; an observation's for any message with
+        # its token (a re-registration that times out or is reset ends the observation too).
+        if pipe is None or (kind is not BadResponse and pipe.request is not message and not pipe.newest_wins):
             return
         if kind is TimedOut:
             pipe.add_exception(error.RequestTimedOut(

@@ -9,24 +9,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 from conftest import require_binary
 
-from coapio import Code, ContentFormat, Context, Message, Resource, Site, Type, error
+from coapio import (
+    Code,
+    ContentFormat,
+    Context,
+    Message,
+    ObservableResource,
+    Resource,
+    Site,
+    TransportTuning,
+    Type,
+    error,
+)
 from coapio.cli import client
-from coapio.cli.server import build_site
+from coapio.cli.server import build_site, large_text
+from coapio.options import BlockValue
 
 CLIENT = [sys.executable, "-m", "coapio.cli.client"]
 SUBPROCESS_LIMIT = 30  # seconds any one subprocess may take before the test fails
@@ -82,6 +98,15 @@ def test_verbose_and_quiet_exclude_each_other(capsys: pytest.CaptureFixture[str]
         (["--timeout", "0", "coap://127.0.0.1/"], "positive"),
         (["--timeout", "nan", "coap://127.0.0.1/"], "positive"),
         (["--timeout", "soon", "coap://127.0.0.1/"], "not a number"),
+        (["--block-size", "100", "coap://127.0.0.1/"], "--block-size must be 16, 32"),
+        (["--block-size", "8", "coap://127.0.0.1/"], "--block-size must be"),
+        (["--block-size", "2048", "coap://127.0.0.1/"], "--block-size must be"),
+        (["--block-size", "1k", "coap://127.0.0.1/"], "--block-size must be"),
+        (["--observe-count", "3", "coap://127.0.0.1/"], "--observe-count needs --observe"),
+        (["--observe", "--observe-count", "0", "coap://127.0.0.1/"], "positive whole number"),
+        (["--observe", "--observe-count", "-1", "coap://127.0.0.1/"], "positive whole number"),
+        (["--observe", "--observe-count", "two", "coap://127.0.0.1/"], "positive whole number"),
+        (["--observe", "-m", "post", "coap://127.0.0.1/"], "--observe needs the method GET or FETCH"),
     ],
 )
 def test_bad_argument_is_one_line_and_exit_2(
@@ -175,6 +200,23 @@ def test_payload_from_stdin_is_read_as_bytes() -> None:
     stdin = io.BytesIO(b"\x00\xffbinary")
     request = client.build_request(_args("-m", "post", "--payload", "@-", "coap://127.0.0.1/"), stdin)
     assert request.payload == b"\x00\xffbinary"
+
+
+@pytest.mark.parametrize(("size", "szx"), [("16", 0), ("32", 1), ("64", 2), ("256", 4), ("1024", 6)])
+def test_block_size_is_a_power_of_two_from_16_to_1024(size: str, szx: int) -> None:
+    assert client.parse_block_size(size) == szx
+    request = client.build_request(_args("--block-size", size, "coap://127.0.0.1/"))
+    assert request.opt.block2 == BlockValue(0, False, szx)  # early negotiation of the response's size
+
+
+def test_without_block_size_the_request_carries_no_block2() -> None:
+    assert client.parse_block_size(None) is None
+    assert client.build_request(_args("coap://127.0.0.1/")).opt.block2 is None
+
+
+def test_an_explicit_block2_option_wins_over_block_size() -> None:
+    request = client.build_request(_args("--block-size", "64", "-O", "Block2,0x01", "coap://127.0.0.1/"))
+    assert request.opt.block2 == BlockValue(0, False, 1)
 
 
 def test_double_at_sends_a_literal_at() -> None:
@@ -330,18 +372,63 @@ class Diagnostic(Resource):
         raise error.NotFound("gone fishing")
 
 
+class Counter(ObservableResource):
+    """An observable number the test changes (``bump``); ``gone`` makes it answer 4.04 from then on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+        self.gone = False
+
+    def bump(self) -> None:
+        self.value += 1
+        self.notify()
+
+    def render_get(self, request: Message) -> Message:
+        if self.gone:
+            raise error.NotFound("counter removed")
+        return Message(payload=str(self.value).encode())
+
+
 def _test_site() -> Site:
     site = build_site()
     site.add("json", JsonResource())
     site.add("options", OptionsResource())
     site.add("diagnostic", Diagnostic())
+    site.add("counter", Counter())
     return site
 
 
+@attrs.define
+class Served:
+    """The in-process coapio server: its port, its counter, and the block sizes of the requests it got."""
+
+    port: int
+    counter: Counter
+    blocks: list[tuple[int | None, int | None]]  # (Block1 size, Block2 size) of every request
+
+
 @pytest.fixture
-async def coapio_port() -> AsyncIterator[int]:
-    async with Context(bind="127.0.0.1:0", site=_test_site()) as ctx:
-        yield ctx.endpoints[0].local[1]
+async def served() -> AsyncIterator[Served]:
+    site = _test_site()
+    resolved = site.resolve(("counter",))
+    assert resolved is not None and isinstance(resolved[0], Counter)
+    async with Context(bind="127.0.0.1:0", site=site) as ctx:
+        blocks: list[tuple[int | None, int | None]] = []
+        serve = ctx.server.serve
+
+        def recording(endpoint: Any, request: Message, now: float) -> None:
+            block1, block2 = request.opt.block1, request.opt.block2
+            blocks.append((block1 and block1.size, block2 and block2.size))
+            serve(endpoint, request, now)
+
+        ctx.server.serve = recording  # type: ignore[method-assign]
+        yield Served(ctx.endpoints[0].local[1], resolved[0], blocks)
+
+
+@pytest.fixture
+def coapio_port(served: Served) -> int:
+    return served.port
 
 
 async def run_client(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -562,6 +649,215 @@ async def test_sigint_exits_130_without_a_traceback() -> None:
     assert err == b""
 
 
+# --- subprocess: observe -------------------------------------------------------------------------
+
+
+async def observe_client(
+    *args: str, react: Callable[[int, trio.Process], None] = lambda index, process: None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the client, calling ``react(index, process)`` as soon as its line number ``index`` is out."""
+    process = await trio.lowlevel.open_process(
+        [*CLIENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = bytearray(), bytearray()
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        stdout, stderr = process.stdout, process.stderr
+        with trio.fail_after(SUBPROCESS_LIMIT):
+            async with trio.open_nursery() as nursery:
+
+                async def drain_stderr() -> None:
+                    async for chunk in stderr:
+                        err.extend(chunk)
+
+                nursery.start_soon(drain_stderr)
+                seen = 0
+                async for chunk in stdout:
+                    out.extend(chunk)
+                    while out.count(b"\n") > seen:
+                        react(seen, process)
+                        seen += 1
+            await process.wait()
+    finally:
+        process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+    return subprocess.CompletedProcess(args, process.returncode, bytes(out), bytes(err))
+
+
+async def eventually(condition: Callable[[], bool], limit: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, polling every 10 ms, for at most ``limit`` seconds."""
+    with trio.fail_after(limit):
+        for _ in range(int(limit * 100) + 1):
+            if condition():
+                return
+            await trio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_observe_prints_each_notification_on_its_own_line(served: Served) -> None:
+    result = await observe_client(
+        "--observe", "--observe-count", "3", f"coap://127.0.0.1:{served.port}/counter",
+        react=lambda index, process: served.counter.bump(),
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"0\n1\n2\n", b"")
+    assert served.counter.value == 3  # the third bump came after the count was reached
+
+
+async def test_observe_verbose_shows_the_sequence_numbers(served: Served) -> None:
+    result = await observe_client(
+        "--observe", "--observe-count", "3", "-v", f"coap://127.0.0.1:{served.port}/counter",
+        react=lambda index, process: served.counter.bump(),
+    )
+    assert (result.returncode, result.stdout) == (0, b"0\n1\n2\n")
+    err = result.stderr.decode().splitlines()
+    assert err[0] == "2.05 Content"
+    assert f"remote=127.0.0.1:{served.port}" in err
+    first = next(int(line[8:]) for line in err if line.startswith("Observe="))
+    later = [re.fullmatch(r"2\.05 Content Observe=(\d+) payload=1 bytes", line) for line in err[-2:]]
+    assert all(later), err
+    sequence = [first] + [int(m[1]) for m in later if m]
+    assert sequence == sorted(set(sequence)), sequence  # strictly increasing
+
+
+async def test_observe_ended_by_an_error_exits_1(served: Served) -> None:
+    def remove(index: int, process: trio.Process) -> None:
+        served.counter.gone = True
+        served.counter.notify()
+
+    result = await observe_client("--observe", f"coap://127.0.0.1:{served.port}/counter", react=remove)
+    assert (result.returncode, result.stdout) == (1, b"0\n")
+    assert result.stderr == b"4.04 Not Found\ncounter removed\n"
+
+
+async def test_observe_of_a_plain_resource_prints_its_one_response(served: Served) -> None:
+    result = await observe_client("--observe", f"coap://127.0.0.1:{served.port}/whoami")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rb"127\.0\.0\.1:\d+\n", result.stdout), result.stdout  # ended: no Observe
+
+
+async def test_observe_ctrl_c_exits_0_and_deregisters(served: Served) -> None:
+    def interrupt(index: int, process: trio.Process) -> None:
+        assert served.counter.observer_count == 1
+        process.send_signal(signal.SIGINT)
+
+    result = await observe_client("--observe", f"coap://127.0.0.1:{served.port}/counter", react=interrupt)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"0\n", b"")
+    await eventually(lambda: served.counter.observer_count == 0)  # the GET with Observe=1 arrived
+
+
+async def test_observe_ctrl_c_before_the_first_response_exits_130() -> None:
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        process = await trio.lowlevel.open_process(
+            [*CLIENT, "--observe", f"coap://127.0.0.1:{port}/"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            with trio.fail_after(SUBPROCESS_LIMIT):
+                await trio.lowlevel.wait_readable(sock)  # the registration arrived
+                process.send_signal(signal.SIGINT)
+                await process.wait()
+                assert process.stderr is not None
+                err = b"".join([chunk async for chunk in process.stderr])
+        finally:
+            process.kill()
+            await process.wait()
+    assert (process.returncode, err) == (130, b"")
+
+
+async def test_observe_timeout_bounds_the_first_response() -> None:
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        result = await run_client("--observe", "--timeout", "0.5", f"coap://127.0.0.1:{port}/")
+    assert (result.returncode, result.stdout) == (3, b"")
+    assert b"within 0.5 s (--timeout)" in result.stderr
+
+
+# --- subprocess: block-wise and the progress line -------------------------------------------------
+
+
+async def test_large_put_from_file_goes_out_with_block1_and_comes_back_whole(
+    served: Served, tmp_path: Path
+) -> None:
+    data = os.urandom(100 * 1024)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    result = await run_client("-m", "put", "--payload", f"@{path}", f"coap://127.0.0.1:{served.port}/echo")
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert served.blocks.count((1024, None)) == 100  # every block up is 1024 bytes
+    assert served.blocks.count((None, 1024)) == 99  # and the echo comes back in 1024-byte blocks
+
+
+async def test_block_size_64_sets_both_directions(served: Served, tmp_path: Path) -> None:
+    data = os.urandom(10 * 1024)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    result = await run_client(
+        "-m", "post", "--block-size", "64", "--payload", f"@{path}", f"coap://127.0.0.1:{served.port}/echo"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == data
+    # Block1 in 64-byte blocks (each also asking for 64-byte response blocks), then Block2 in 64 bytes.
+    assert served.blocks == [(64, 64)] * 160 + [(None, 64)] * 159
+
+
+async def test_block_size_16_fetches_large_in_16_byte_blocks(served: Served) -> None:
+    result = await run_client("--block-size", "16", f"coap://127.0.0.1:{served.port}/large")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == large_text()
+    assert served.blocks == [(None, 16)] * (len(large_text()) // 16)
+
+
+async def _run_with_stderr_on_a_terminal(*args: str) -> tuple[int, bytes, str]:
+    controller, terminal = os.openpty()
+    try:
+        with trio.fail_after(SUBPROCESS_LIMIT):
+            result = await trio.run_process(
+                [*CLIENT, *args], stderr=terminal, capture_stdout=True, check=False
+            )
+        os.close(terminal)
+        terminal = -1
+        err = _drain(controller)
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    return result.returncode, result.stdout, err.decode()
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+async def test_progress_line_on_a_terminal_after_a_second() -> None:
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        status, out, err = await _run_with_stderr_on_a_terminal(
+            "-m", "put", "--payload", "x" * 3000, "--timeout", "2.5", f"coap://127.0.0.1:{port}/"
+        )
+    assert (status, out) == (3, b"")
+    assert "\rcoapio-client: transferring... 1 s, request body 3000 bytes\x1b[K" in err
+    assert "\rcoapio-client: transferring... 2 s, request body 3000 bytes\x1b[K" in err
+    progress, _, rest = err.rpartition("\r\x1b[K")  # erased before the error message
+    assert progress
+    assert rest.replace("\r\n", "\n") == (
+        f"coapio-client: error: no response from 127.0.0.1:{port} within 2.5 s (--timeout)\n"
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+async def test_no_progress_line_for_a_quick_request_or_with_quiet(served: Served) -> None:
+    status, out, err = await _run_with_stderr_on_a_terminal(f"coap://127.0.0.1:{served.port}/large")
+    assert (status, out, err) == (0, large_text(), "")
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        status, out, err = await _run_with_stderr_on_a_terminal(
+            "-q", "--timeout", "1.5", f"coap://127.0.0.1:{sock.getsockname()[1]}/"
+        )
+    assert status == 3
+    assert "transferring" not in err
+    assert err.endswith(f"no response from 127.0.0.1:{port} within 1.5 s (--timeout)\r\n")
+
+
 # --- subprocess against libcoap's coap-server ---------------------------------------------------
 
 
@@ -645,3 +941,63 @@ async def test_libcoap_not_found_exits_1(libcoap_port: int) -> None:
     result = await run_client(f"coap://127.0.0.1:{libcoap_port}/no/such/resource")
     assert (result.returncode, result.stdout) == (1, b"")
     assert result.stderr.decode().splitlines()[0] == "4.04 Not Found"
+
+
+@pytest.mark.interop
+async def test_libcoap_observe_time_twice(libcoap_port: int) -> None:
+    # libcoap's /time notifies every second while observed.
+    result = await observe_client(
+        "--observe", "--observe-count", "2", "-v", f"coap://127.0.0.1:{libcoap_port}/time"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] != lines[1], result.stdout
+    assert re.search(rb"^2\.05 Content Observe=\d+ payload=\d+ bytes$", result.stderr, re.M), result.stderr
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(("size", "block_size"), [(100 * 1024, None), (20 * 1024, "64")])
+async def test_libcoap_large_put_from_file_then_get(
+    libcoap_port: int, tmp_path: Path, size: int, block_size: str | None
+) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    uri = f"coap://127.0.0.1:{libcoap_port}/example_data"
+    extra = ["--block-size", block_size] if block_size else []
+    put = await run_client(*extra, "-m", "put", "--payload", f"@{path}", uri)
+    assert put.returncode == 0, put.stderr
+    get = await run_client(*extra, uri)
+    assert get.returncode == 0, get.stderr
+    assert hashlib.sha256(get.stdout).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.interop
+async def test_libcoap_follows_the_block_size_of_the_request(libcoap_port: int) -> None:
+    uri = f"coap://127.0.0.1:{libcoap_port}/example_data"
+    async with Context(bind="127.0.0.1:0") as ctx:
+        with trio.fail_after(10):
+            await ctx.put(uri, os.urandom(3000))
+            request = client.build_request(_args("--block-size", "64", uri))
+            first = await ctx._exchange(request, None)  # one exchange: the first block only
+    assert (first.code, first.opt.block2, first.opt.size2) == (Code.CONTENT, BlockValue(0, True, 2), 3000)
+    assert len(first.payload) == 64
+
+
+# --- runtime bugs found while building the CLI ----------------------------------------------------
+
+
+async def test_observation_ends_when_its_reregistration_times_out() -> None:
+    quick = attrs.evolve(TransportTuning(), ack_timeout=0.1, max_retransmit=1)  # a CON gives up in 0.45 s
+    async with Context(bind="127.0.0.1:0", tuning=quick) as client:
+        server = Context(bind="127.0.0.1:0", site=build_site())
+        await server.__aenter__()
+        port = server.endpoints[0].local[1]
+        async with client.observe(f"coap://127.0.0.1:{port}/time") as observation:
+            await observation.__anext__()  # registered; /time's Max-Age is 1 s
+            await server.__aexit__(None, None, None)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, trio.fail_after(9):
+                silent.bind(("127.0.0.1", port))  # the server's port now swallows datagrams, without ICMP
+                with pytest.raises(error.RequestTimedOut):  # the re-registration is due after 1 + 5 s
+                    async for _ in observation:
+                        pass

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import datetime
 import errno
+import hashlib
+import itertools
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -23,9 +26,10 @@ import pytest
 import trio
 from conftest import require_binary
 
-from coapio import Code, ContentFormat, Context
+from coapio import Code, ContentFormat, Context, Message
 from coapio.cli import _common, server
 from coapio.linkformat import parse_links
+from coapio.options import BlockValue
 
 SERVER = [sys.executable, "-m", "coapio.cli.server"]
 SUBPROCESS_LIMIT = 30  # seconds any one subprocess may take before the test fails
@@ -52,7 +56,7 @@ async def test_root_welcomes_and_lists_the_resources(served: Served) -> None:
     assert response.opt.content_format == ContentFormat.TEXT_PLAIN
     text = response.payload.decode()
     assert text.startswith("Welcome to coapio")
-    for href in ("/time", "/echo", "/whoami", "/.well-known/core"):
+    for href in ("/time", "/large", "/echo", "/whoami", "/.well-known/core"):
         assert f"  {href}\n" in text
 
 
@@ -86,6 +90,120 @@ async def test_echo_get_is_method_not_allowed(served: Served) -> None:
     assert response.code == Code.METHOD_NOT_ALLOWED
 
 
+async def test_large_is_8_kib_of_deterministic_text_served_block_wise(served: Served) -> None:
+    body = server.large_text()
+    assert len(body) == server.LARGE_SIZE == 8192
+    assert body == server.large_text()
+    assert body.isascii() and body.count(b"\n") == 128
+    response = await served.client.get(served.base + "/large")  # Block2, reassembled by the runtime
+    assert (response.code, response.payload) == (Code.CONTENT, body)
+    assert response.opt.content_format == ContentFormat.TEXT_PLAIN
+
+
+async def test_large_first_block_says_block2_and_size2(served: Served) -> None:
+    request = Message(code=Code.GET, uri=served.base + "/large")
+    request.opt.block2 = BlockValue(0, False, 2)  # early negotiation: 64-byte blocks
+    async with Context() as raw:
+        first = await raw._exchange(request, None)  # one exchange: the first block only
+    assert first.opt.block2 == BlockValue(0, True, 2)
+    assert first.opt.size2 == server.LARGE_SIZE
+    assert first.payload == server.large_text()[:64]
+
+
+@pytest.mark.parametrize("method", ["post", "put"])
+async def test_echo_returns_a_large_payload_unchanged(served: Served, method: str) -> None:
+    data = os.urandom(100 * 1024)  # 100 blocks up (Block1), 100 blocks back (Block2)
+    send = getattr(served.client, method)
+    with trio.fail_after(SUBPROCESS_LIMIT):
+        response = await send(served.base + "/echo", data, content_format=ContentFormat.OCTET_STREAM)
+    assert (response.code, response.opt.content_format) == (Code.CHANGED, ContentFormat.OCTET_STREAM)
+    assert response.payload == data
+
+
+def _stamp(message: Message) -> datetime.datetime:
+    return datetime.datetime.strptime(message.payload.decode(), "%Y-%m-%dT%H:%M:%SZ")
+
+
+async def eventually(condition: Callable[[], bool], limit: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, polling every 10 ms, for at most ``limit`` seconds."""
+    with trio.fail_after(limit):
+        for _ in range(int(limit * 100) + 1):
+            if condition():
+                return
+            await trio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_time_notifies_every_second_while_observed(served: Served) -> None:
+    stamps = []
+    with trio.fail_after(10):
+        async with served.client.observe(served.base + "/time") as observation:
+            assert observation.registered
+            async for notification in observation:
+                assert notification.opt.observe is not None
+                assert notification.opt.max_age == 1
+                stamps.append(_stamp(notification))
+                if len(stamps) == 4:
+                    break
+    # One per second, each just after the second changed: consecutive seconds. (The first step may be 2 s
+    # when the registration is answered just before a second ends and the ticker starts just after.)
+    steps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+    assert steps[0] in (1.0, 2.0) and steps[1:] == [1.0, 1.0], stamps
+
+
+class CountingTime(server.Time):
+    """/time that counts its notify() calls (each one sends a notification to every observer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notifies = 0
+
+    def notify(self, *, confirmable: bool = False) -> None:
+        self.notifies += 1
+        super().notify(confirmable=confirmable)
+
+
+async def test_time_ticks_once_per_second_however_many_observe() -> None:
+    clock = CountingTime()
+    site = server.build_site()
+    site.add("time", clock)
+    async with Context(bind="127.0.0.1:0", site=site) as ctx, Context() as client:
+        uri = f"coap://127.0.0.1:{ctx.endpoints[0].local[1]}/time"
+        received = [0, 0, 0]
+
+        async def observe(index: int) -> None:
+            async with client.observe(uri) as observation:
+                async for _ in observation:
+                    received[index] += 1
+
+        start = trio.current_time()
+        with trio.move_on_after(3.5):
+            async with trio.open_nursery() as nursery:
+                for index in range(3):
+                    nursery.start_soon(observe, index)
+        elapsed = trio.current_time() - start
+        # One notify() per elapsed second, not one per observer per second (that would be ~9 here).
+        assert 2 <= clock.notifies <= elapsed + 1, (clock.notifies, elapsed)
+        assert all(n >= 3 for n in received), received  # the registration's response + the ticks
+        # Leaving the blocks deregistered the observers, which cancelled their ticking tasks.
+        await eventually(lambda: clock.observer_count == 0 and ctx.counters.live_handlers == 0)
+        notifies = clock.notifies
+        await trio.sleep(1.2)
+        assert clock.notifies == notifies  # nobody observes: no ticking
+
+
+async def test_time_stops_ticking_when_the_observer_resets() -> None:
+    async with Context(bind="127.0.0.1:0", site=server.build_site()) as ctx, Context() as client:
+        uri = f"coap://127.0.0.1:{ctx.endpoints[0].local[1]}/time"
+        with trio.fail_after(10):
+            async with client.observe(uri, passive=True) as observation:
+                await observation.__anext__()  # the registration's response
+                await observation.__anext__()  # the first tick
+                assert ctx.counters.live_handlers == 1  # the observation task
+        # passive: the next notification is answered with a Reset, which ends the observation
+        await eventually(lambda: ctx.counters.live_handlers == 0)
+
+
 async def test_whoami_names_the_clients_address(served: Served) -> None:
     response = await served.client.get(served.base + "/whoami")
     assert response.code == Code.CONTENT
@@ -114,9 +232,11 @@ async def test_well_known_core_describes_the_resources(served: Served) -> None:
     assert response.code == Code.CONTENT
     assert response.opt.content_format == ContentFormat.LINK_FORMAT
     links = {link.href: link for link in parse_links(response.payload)}
-    assert set(links) == {"/", "/echo", "/time", "/whoami"}
+    assert set(links) == {"/", "/echo", "/large", "/time", "/whoami"}
     assert links["/time"].get("rt") == "time"
     assert links["/time"].get("ct") == "0"
+    assert links["/time"].get_all("obs") == [None]  # observable
+    assert links["/large"].get("sz") == str(server.LARGE_SIZE)
 
 
 async def test_well_known_core_filters_by_resource_type(served: Served) -> None:
@@ -323,7 +443,68 @@ async def test_libcoap_client_discovers_the_resources(running_server: Running) -
     result = await coap_client("-m", "get", f"coap://127.0.0.1:{running_server.port}/.well-known/core")
     assert result.returncode == 0, result.stderr
     hrefs = {link.href for link in parse_links(result.stdout.strip())}
-    assert hrefs == {"/", "/echo", "/time", "/whoami"}
+    assert hrefs == {"/", "/echo", "/large", "/time", "/whoami"}
+
+
+@pytest.mark.interop
+async def test_libcoap_client_observes_time_for_5_seconds(running_server: Running) -> None:
+    result = await coap_client("-s", "5", f"coap://127.0.0.1:{running_server.port}/time")
+    assert result.returncode == 0, result.stderr
+    stamps = re.findall(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result.stdout)
+    assert len(stamps) >= 3 + 1, result.stdout  # the registration's response and one tick per second
+    assert len(set(stamps)) == len(stamps), result.stdout  # every notification a new second
+
+
+@pytest.mark.interop
+async def test_libcoap_client_gets_large_block_wise(running_server: Running) -> None:
+    result = await coap_client("-b", "64", f"coap://127.0.0.1:{running_server.port}/large")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip(b"\n") == server.large_text().rstrip(b"\n")
+
+
+@pytest.mark.interop
+async def test_libcoap_client_puts_a_large_file_to_echo(running_server: Running, tmp_path: Path) -> None:
+    data = os.urandom(20 * 1024).hex().encode()  # text: libcoap prints the payload it gets back
+    path = tmp_path / "data.txt"
+    path.write_bytes(data)
+    result = await coap_client(
+        "-m", "put", "-b", "256", "-f", str(path), f"coap://127.0.0.1:{running_server.port}/echo"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip(b"\n") == data
+
+
+async def run_coapio_client(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(SUBPROCESS_LIMIT):
+        return await trio.run_process(
+            [sys.executable, "-m", "coapio.cli.client", *args],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+
+
+async def test_coapio_client_observes_time_three_times(running_server: Running) -> None:
+    result = await run_coapio_client(
+        "--observe", "--observe-count", "3", "-v", f"coap://127.0.0.1:{running_server.port}/time"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    assert all(re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line) for line in lines), lines
+    assert len(set(lines)) == 3
+    err = result.stderr.decode()
+    sequence = [int(n) for n in re.findall(r"^(?:2\.05 Content )?Observe=(\d+)", err, re.M)]
+    assert len(sequence) == 3 and sequence == sorted(set(sequence)), result.stderr
+
+
+async def test_coapio_client_puts_100_kib_to_echo(running_server: Running, tmp_path: Path) -> None:
+    data = os.urandom(100 * 1024)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    result = await run_coapio_client(
+        "-m", "put", "--payload", f"@{path}", f"coap://127.0.0.1:{running_server.port}/echo"
+    )
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 async def test_coapio_client_talks_to_coapio_server(running_server: Running) -> None:

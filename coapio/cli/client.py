@@ -1,8 +1,10 @@
-"""``coapio-client``: send one CoAP request from the command line and print the response.
+"""``coapio-client``: send one CoAP request (or observe a resource) from the command line.
 
 The request is built and checked before any socket is opened, so every usage error is a one-line
 message and exit status 2. The exchange itself runs under ``trio.run`` in a client-only
-:class:`~coapio.Context`; its outcome becomes the exit status listed in ``--help``.
+:class:`~coapio.Context`, which does block-wise transfer (RFC 7959) on its own; its outcome becomes the
+exit status listed in ``--help``. ``--observe`` (RFC 7641) prints the response and every notification,
+one per line, until Ctrl-C, ``--observe-count`` or the end of the observation.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import json
 import math
 import os
 import pprint
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO, TextIO
 
 import anyio
+import attrs
 import trio
 
 from .. import __version__, error
@@ -28,9 +32,12 @@ from ..context import Context
 from ..linkformat import parse_links
 from ..message import Message
 from ..options import SPECS, BlockValue, OptionFormat, OptionNumber, decode_uint, encode_uint
+from ..tuning import TransportTuning
 from ._common import error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
 
-__all__ = ["build_parser", "format_payload", "main", "parse_option"]
+__all__ = [
+    "build_parser", "format_payload", "main", "parse_block_size", "parse_observe_count", "parse_option",
+]
 
 PROG = "coapio-client"
 
@@ -42,6 +49,13 @@ EXIT_NETWORK = 4
 EXIT_INTERRUPTED = 130
 
 METHODS = ("get", "post", "put", "delete", "fetch", "patch", "ipatch")
+OBSERVABLE_METHODS = ("get", "fetch")
+BLOCK_SIZES = tuple(16 << szx for szx in range(7))  # 16 ... 1024: SZX 0 ... 6 (RFC 7959 §2.2)
+
+#: The progress line appears once a request has taken this long (seconds) ...
+PROGRESS_DELAY = 1.0
+#: ... and is rewritten this often.
+PROGRESS_INTERVAL = 1.0
 
 _EPILOG = """\
 The payload is written to stdout. When stdout is a terminal it is made readable: text gets a
@@ -54,13 +68,25 @@ hex) for uint options, text for string options, and for opaque or unknown option
 hex bytes; an empty VALUE sends an empty option. -q leaves only the exit status and error
 messages: no payload, no details.
 
+Payloads larger than one block (--block-size, default 1024 bytes) go out block-wise (Block1),
+and block-wise responses (Block2) are reassembled before they are printed. When standard error
+is a terminal and a request takes longer than a second, a line there shows the elapsed seconds
+and the request body's size (Size1); it is erased when the request ends. It is a sign of
+life, not a percentage: the runtime does not report individual blocks.
+
+--observe writes the first response and then every notification as it arrives, each followed
+by a newline unless it ends with one; with -v the code and Observe sequence number of each go
+to stderr. It stops on Ctrl-C, after --observe-count responses (the first one included), or
+when the server ends the observation (with a response without Observe: status 0 for a 2.xx,
+1 for an error); --timeout bounds only the wait for the first response.
+
 exit status:
-  0    a 2.xx success response
+  0    a 2.xx success response (with --observe also: Ctrl-C, or --observe-count reached)
   1    a 4.xx or 5.xx error response (the code and diagnostic payload go to stderr)
   2    usage error: bad arguments, URI, content format or option
   3    timeout: --timeout elapsed, or the retransmissions went unanswered
   4    network error: unreachable or closed port (ICMP), name resolution, Reset, bad response
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C; with --observe only before the first response)
 """
 
 
@@ -98,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", metavar="SECONDS",
         help="give up after SECONDS (default: when CoAP's retransmissions give up, about 93 s)",
+    )
+    parser.add_argument(
+        "--block-size", metavar="BYTES",
+        help="preferred block size for block-wise transfer: 16, 32, 64, 128, 256, 512 or 1024 "
+        "(default: 1024, and the server chooses the response's block size)",
+    )
+    parser.add_argument(
+        "--observe", action="store_true",
+        help="observe the resource (GET or FETCH): print each notification as it arrives",
+    )
+    parser.add_argument(
+        "--observe-count", metavar="N",
+        help="with --observe: stop after N responses, the first one included",
     )
     chatter = parser.add_mutually_exclusive_group()
     chatter.add_argument(
@@ -193,11 +232,40 @@ def parse_option(argument: str) -> tuple[int, bytes]:
     return int(number), text.encode("utf-8")
 
 
+def parse_block_size(text: str | None) -> int | None:
+    """The SZX (0..6) of a ``--block-size`` of 16..1024 bytes, a power of two; raise :class:`UsageError`."""
+    if text is None:
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        size = -1
+    if size not in BLOCK_SIZES:
+        raise UsageError(f"--block-size must be 16, 32, 64, 128, 256, 512 or 1024, not {text!r}")
+    return size.bit_length() - 5
+
+
+def parse_observe_count(text: str | None, observe: bool) -> int | None:
+    """The ``--observe-count`` as a positive number; raise :class:`UsageError`."""
+    if text is None:
+        return None
+    if not observe:
+        raise UsageError("--observe-count needs --observe")
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise UsageError(f"--observe-count must be a positive whole number, not {text!r}")
+    return int(text)
+
+
 def build_request(args: argparse.Namespace, stdin: BinaryIO | None = None) -> Message:
     """The request the arguments describe; raise :class:`UsageError` for anything invalid.
 
-    ``--payload @-`` reads ``stdin`` (default: the process's binary stdin).
+    ``--payload @-`` reads ``stdin`` (default: the process's binary stdin). With ``--block-size`` the
+    request carries Block2 (block 0 of that size) unless ``-O`` gave one: early negotiation of the
+    response's block size (RFC 7959 §2.4), which the server may lower but not raise.
     """
+    if args.observe and args.method not in OBSERVABLE_METHODS:
+        raise UsageError(f"--observe needs the method GET or FETCH, not {args.method.upper()}")
+    szx = parse_block_size(args.block_size)
     content_format = (
         None if args.content_format is None else _content_format(args.content_format, "--content-format")
     )
@@ -215,6 +283,8 @@ def build_request(args: argparse.Namespace, stdin: BinaryIO | None = None) -> Me
         raise UsageError(f"scheme {request.scheme!r} is not supported yet; use coap://")
     for number, raw in options:
         request.opt.add(number, raw)
+    if szx is not None and OptionNumber.BLOCK2 not in request.opt:
+        request.opt.block2 = BlockValue(0, False, szx)
     return request
 
 
@@ -305,7 +375,8 @@ def _describe(response: Message, stderr: TextIO) -> None:
     print(f"payload={len(response.payload)} bytes", file=stderr)
 
 
-def _write(stdout: TextIO, data: bytes | str) -> None:
+def _write(stdout: TextIO, data: bytes | str) -> bool:
+    """Write ``data``; False if the reader has gone away (a closed pipe)."""
     try:
         stdout.flush()
         if isinstance(data, str):
@@ -318,25 +389,53 @@ def _write(stdout: TextIO, data: bytes | str) -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stdout.fileno())
+        return False
+    return True
 
 
 def show_response(args: argparse.Namespace, response: Message, stdout: TextIO, stderr: TextIO) -> int:
     """Print ``response`` as the arguments ask and return the exit status."""
+    return _show(args, response, stdout, stderr, first=True)[0]
+
+
+def _show(
+    args: argparse.Namespace, response: Message, stdout: TextIO, stderr: TextIO, *, first: bool
+) -> tuple[int, bool]:
+    """:func:`show_response`, and whether ``stdout`` is still open (False: the reader went away).
+
+    With ``--observe`` each response becomes one line on ``stdout`` (a newline is added unless the output
+    already ends with one); ``-v`` describes the ``first`` in full and later ones in one line each.
+    """
     success = response.code.is_successful()
     if args.verbose:
-        _describe(response, stderr)
+        if first or not args.observe:
+            _describe(response, stderr)
+        else:
+            print(_notification_line(response), file=stderr)
     if not success:
         if not args.verbose:
             print(str(response.code), file=stderr)
         if response.payload:
             print(response.payload.decode("utf-8", "replace").rstrip("\n"), file=stderr)
         stderr.flush()
-        return EXIT_ERROR_RESPONSE
+        return EXIT_ERROR_RESPONSE, True
     stderr.flush()
-    if response.payload and not args.quiet:
-        tty = stdout.isatty()
-        _write(stdout, format_payload(response.payload, response.opt.content_format, tty=tty))
-    return EXIT_OK
+    if args.quiet or not (response.payload or args.observe):
+        return EXIT_OK, True
+    data = format_payload(response.payload, response.opt.content_format, tty=stdout.isatty())
+    if args.observe:
+        if isinstance(data, str):
+            data = _with_newline(data)
+        elif not data.endswith(b"\n"):
+            data += b"\n"
+    return EXIT_OK, _write(stdout, data)
+
+
+def _notification_line(response: Message) -> str:
+    """``-v`` for a notification: its code and Observe value, or that it ended the observation."""
+    sequence = response.opt.observe
+    state = "final: no Observe" if sequence is None else f"Observe={sequence}"
+    return f"{response.code} {state} payload={len(response.payload)} bytes"
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -361,24 +460,101 @@ def _failure(exc: BaseException, request: Message, limit: float | None) -> tuple
     return None
 
 
-async def _exchange(request: Message, limit: float | None) -> Message:
-    async with Context() as ctx:
-        if limit is None:
-            return await ctx.request(request)
-        with anyio.fail_after(limit):
-            return await ctx.request(request)
+@attrs.frozen
+class Plan:
+    """How to run the request, besides the request itself: what main() parsed from the arguments."""
+
+    timeout: float | None = None
+    tuning: TransportTuning = attrs.Factory(TransportTuning)
+    observe_count: int | None = None
 
 
-async def _run(args: argparse.Namespace, request: Message, limit: float | None) -> int:
+async def _progress(stderr: TextIO, request: Message) -> None:
+    """The progress line: after PROGRESS_DELAY, the elapsed seconds and the request body's size (Size1).
+
+    Runs beside the request until cancelled, then erases its line. It shows only what the CLI knows: the
+    runtime reports neither blocks nor the response's Size2 while a transfer is under way.
+    """
+    start = trio.current_time()
+    detail = f", request body {len(request.payload)} bytes" if request.payload else ""
+    shown = False
+    try:
+        await trio.sleep(PROGRESS_DELAY)
+        while True:
+            elapsed = int(trio.current_time() - start)
+            stderr.write(f"\r{PROG}: transferring... {elapsed} s{detail}\x1b[K")
+            stderr.flush()
+            shown = True
+            await trio.sleep(PROGRESS_INTERVAL)
+    finally:
+        if shown:
+            stderr.write("\r\x1b[K")
+            stderr.flush()
+
+
+async def _exchange(request: Message, plan: Plan, progress: TextIO | None = None) -> Message:
+    """One request in a fresh context; with a ``progress`` stream, the progress line on it meanwhile."""
+    async with Context(tuning=plan.tuning) as ctx:
+        with anyio.fail_after(plan.timeout):
+            if progress is None:
+                return await ctx.request(request)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_progress, progress, request)
+                response = await ctx.request(request)
+                nursery.cancel_scope.cancel()
+            return response
+
+
+async def _observe(args: argparse.Namespace, request: Message, plan: Plan) -> int:
+    """Observe and print until Ctrl-C, ``--observe-count`` or the end of the observation.
+
+    Ctrl-C is taken as a signal here, not as KeyboardInterrupt, so the observation ends in order:
+    leaving its block sends the deregistration (GET with Observe=1) before the context closes.
+    """
+    stdout, stderr = sys.stdout, sys.stderr
+    shown = 0
+    status = EXIT_OK
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with Context(tuning=plan.tuning) as ctx, trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    with anyio.fail_after(plan.timeout):
+                        observation = await stack.enter_async_context(ctx.observe(request))
+                    async for response in observation:
+                        shown += 1
+                        status, still_open = _show(args, response, stdout, stderr, first=shown == 1)
+                        if not still_open or shown == plan.observe_count:
+                            break
+            finally:
+                nursery.cancel_scope.cancel()
+    if interrupted and not shown:
+        return EXIT_INTERRUPTED
+    return status
+
+
+async def _run(args: argparse.Namespace, request: Message, plan: Plan) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     if args.verbose >= 2:
         print(f"{request.code.name} {request.uri} ({request.type.name}, {len(request.payload)} bytes)",
               file=stderr, flush=True)
+    progress = stderr if stderr.isatty() and not args.quiet else None
     try:
-        response = await _exchange(request, limit)
+        if args.observe:
+            return await _observe(args, request, plan)
+        response = await _exchange(request, plan, progress)
     except BaseException as raised:
         exc = unwrap(raised)
-        outcome = _failure(exc, request, limit) if isinstance(exc, Exception) else None
+        outcome = _failure(exc, request, plan.timeout) if isinstance(exc, Exception) else None
         if outcome is None:
             raise
         status, message = outcome
@@ -408,16 +584,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         timeout = _parse_timeout(args.timeout)
+        szx = parse_block_size(args.block_size)
+        count = parse_observe_count(args.observe_count, args.observe)
         request = build_request(args)
     except UsageError as e:
         error_line(PROG, str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:  # while reading the payload from stdin
         return EXIT_INTERRUPTED
+    tuning = TransportTuning() if szx is None else attrs.evolve(TransportTuning(), block_szx=szx)
+    plan = Plan(timeout, tuning, count)
     if args.verbose >= 2:
         setup_logging(2)
     try:
-        return trio.run(_run, args, request, timeout)
+        return trio.run(_run, args, request, plan)
     except BaseException as e:
         if is_keyboard_interrupt(e):
             return EXIT_INTERRUPTED

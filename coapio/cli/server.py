@@ -1,9 +1,11 @@
 """``coapio-server``: a small demo CoAP server, and :func:`build_site`, its resources.
 
-Resources: ``/`` (a welcome text), ``/time`` (the current UTC time), ``/echo`` (POST/PUT answer with
-the request's payload and Content-Format), ``/whoami`` (the client's address) and the generated
-``/.well-known/core``. Every renderer is a plain ``def``, so the server answers on its socket tasks
-without spawning a task per request. SIGINT (Ctrl-C) and SIGTERM stop it cleanly with status 0.
+Resources: ``/`` (a welcome text), ``/time`` (the current UTC time, observable: a notification every
+second while observed), ``/large`` (8 KiB of text, served block-wise), ``/echo`` (POST/PUT answer with the
+request's payload and Content-Format, block-wise both ways when large), ``/whoami`` (the client's address)
+and the generated ``/.well-known/core``. Every renderer is a plain ``def``, so the server answers on its
+socket tasks without spawning a task per request; only an observation of ``/time`` has a task, its ticker.
+SIGINT (Ctrl-C) and SIGTERM stop it cleanly with status 0.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import argparse
 import contextlib
 import datetime
 import errno
+import math
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
+import anyio
 import trio
 
 from .. import __version__
@@ -25,10 +30,11 @@ from ..contentformat import ContentFormat
 from ..context import Context
 from ..message import Message
 from ..resource import Resource, Site
+from ..server import ObservableResource
 from ..udp import parse_bind
 from ._common import error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
 
-__all__ = ["Echo", "Time", "Welcome", "WhoAmI", "build_site", "main"]
+__all__ = ["LARGE_SIZE", "Echo", "Large", "Time", "Welcome", "WhoAmI", "build_site", "large_text", "main"]
 
 PROG = "coapio-server"
 
@@ -65,22 +71,76 @@ class Welcome(Resource):
         return _text("\n".join(lines) + "\n")
 
 
-class Time(Resource):
-    """``/time``: the current UTC time in ISO 8601 (``2024-05-01T12:00:00Z``)."""
+class Time(ObservableResource):
+    """``/time``: the current UTC time in ISO 8601 (``2024-05-01T12:00:00Z``), observable.
 
-    link_attributes = {"rt": "time", "if": "core.rp", "title": "Current UTC time", "ct": int(_TEXT)}
+    While observed, it notifies once per wall-clock second, just after the second changes, however many
+    clients observe it. The runtime runs :meth:`observation` once per observer and cancels it when that
+    observer goes away, so every observer's task ticks; they all sleep until the same second boundary and
+    the first to wake notifies for everyone (``notify()`` sends at once to every observer, so one call per
+    second is what keeps it at one notification per second). No observer, no task, no timer.
+
+    ``clock`` (seconds since the epoch) is for tests.
+    """
+
+    link_attributes = {
+        "rt": "time", "if": "core.rp", "obs": None, "title": "Current UTC time", "ct": int(_TEXT),
+    }
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        super().__init__()
+        self._clock = clock
+        self._last_tick: int | None = None  # the second last notified for
 
     def render_get(self, request: Message) -> Message:
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
         response = _text(now.strftime("%Y-%m-%dT%H:%M:%SZ"))
         response.opt.max_age = 1  # a cached copy is stale after a second
+        return response
+
+    async def observation(self, request: Message) -> None:
+        """Tick while this observer stays registered; cancelled when it leaves (see the class)."""
+        while True:
+            now = self._clock()
+            await anyio.sleep(math.floor(now) + 1 - now + 0.001)
+            tick = math.floor(self._clock())
+            if tick != self._last_tick:  # another observer's task has not notified for this second yet
+                self._last_tick = tick
+                self.notify()
+
+
+#: The size of ``/large``'s representation in bytes.
+LARGE_SIZE = 8192
+
+
+def large_text() -> bytes:
+    """``/large``'s body: 128 numbered lines of 64 bytes of ASCII text, the same on every call."""
+    filler = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs."
+    lines = [f"{n:04d} {filler}"[:63] + "\n" for n in range(LARGE_SIZE // 64)]
+    return "".join(lines).encode("ascii")
+
+
+class Large(Resource):
+    """``/large``: 8 KiB of text, more than one block, so the runtime serves it block-wise (RFC 7959)."""
+
+    link_attributes = {"title": "8 KiB of text (block-wise)", "ct": int(_TEXT), "sz": LARGE_SIZE}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._body = large_text()
+
+    def render_get(self, request: Message) -> Message:
+        response = Message(payload=self._body)
+        response.opt.content_format = _TEXT
         return response
 
 
 class Echo(Resource):
     """``/echo``: POST and PUT answer 2.04 with the request's payload and Content-Format.
 
-    It has no GET renderer, so a GET gets 4.05 Method Not Allowed from the site.
+    A large payload arrives with Block1 and leaves with Block2: the runtime reassembles the request (up
+    to ``TransportTuning.max_body_size``, 8 MiB by default) and segments the response. It has no GET
+    renderer, so a GET gets 4.05 Method Not Allowed from the site.
     """
 
     link_attributes = {"title": "Echoes POST and PUT payloads"}
@@ -109,6 +169,7 @@ def build_site() -> Site:
     site = Site()
     site.add("", Welcome(site))
     site.add("time", Time())
+    site.add("large", Large())
     site.add("echo", Echo())
     site.add("whoami", WhoAmI())
     return site
@@ -118,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Serve the coapio demo resources /, /time, /echo, /whoami and /.well-known/core\n"
-            "over CoAP/UDP until Ctrl-C or SIGTERM."
+            "Serve the coapio demo resources /, /time (observable), /large, /echo, /whoami and\n"
+            "/.well-known/core over CoAP/UDP until Ctrl-C or SIGTERM."
         ),
         epilog=(
             "Without --bind the server listens on [::]:5683 (IPv6 and IPv4), or on 0.0.0.0:5683\n"
