@@ -167,6 +167,7 @@ class Context:
         await task_group.__aenter__()
         self._task_group = task_group
         self.server.task_group = task_group
+        self.server.wake = self._wake_endpoints
         for sock in sockets:
             endpoint = UDPEndpoint(
                 sock, self.tuning, self._dispatch, self._network_error, self.tokens.expects,
@@ -487,6 +488,10 @@ class Context:
             pipe.add_exception(error.ResetReceived(f"{message.remote!r} reset the request"))
         elif isinstance(event, BadResponse):
             pipe.add_exception(error.ResponseRejected(event.reason))
+
+    def _wake_endpoints(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.wake()
 
     def _upper_timer(self, now: float) -> float | None:
         self.server.on_timer(now)

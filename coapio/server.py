@@ -9,6 +9,8 @@ modules (:mod:`coapio.blockwise`, :mod:`coapio.observe`); this module only drive
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 
 _SAFE_METHODS = frozenset({Code.GET, Code.FETCH})
+_FANOUT_CHUNK = 128  # notifications sent per socket-task wake-up
 _SPECIAL_REQUEST_OPTIONS = frozenset(
     {OptionNumber.PROXY_URI, OptionNumber.PROXY_SCHEME, OptionNumber.BLOCK1, OptionNumber.BLOCK2}
 )
@@ -96,6 +99,10 @@ class ServerDispatch:
         self.echo = EchoGuard(freshness=tuning.echo_freshness)
         self._block_size = 1 << (tuning.block_szx + 4)
         self._observer_endpoint: dict[tuple[Remote, bytes], UDPEndpoint] = {}
+        # Notifications owed and due, sent by the socket tasks a chunk per wake-up (see send_due).
+        self._due: deque[Observer[ObservableResource]] = deque()
+        #: Set by the Context: wakes the socket tasks so that they send what is due.
+        self.wake: Callable[[], None] = lambda: None
         self._observation_scopes: dict[tuple[Remote, bytes], anyio.CancelScope] = {}
 
     def close(self) -> None:
@@ -131,7 +138,15 @@ class ServerDispatch:
                 if block is not None and block.num > 0:
                     cached = self.reassembler.cached_response(request, now)
                     if cached is not None:
+                        size = 1 << (min(block.szx, self.tuning.block_szx) + 4)
+                        if (block.num + 1) * size >= len(cached.payload):
+                            self.reassembler.forget_response(request)  # its last block goes out now
                         return self._respond(endpoint, request, cached, now, full=True)
+                    if request.code not in _SAFE_METHODS:
+                        # A later block of a response to a request that must not run twice, and the
+                        # response is gone: RFC 7959 §2.7 leaves only "incomplete" as the answer.
+                        incomplete = error.RequestEntityIncomplete("no response to continue")
+                        return self._respond(endpoint, request, error_response(incomplete), now)
         self._forget_observer_on_plain_request(request)
         found = site.resolve(opt.uri_path)
         if found is None:
@@ -287,14 +302,22 @@ class ServerDispatch:
             observer.resource._servers.discard(self)
 
     def notify(self, resource: ObservableResource, confirmable: bool) -> None:
-        now = anyio.current_time()
-        self.observers.notify(resource, now, confirmable=confirmable)
-        self.send_due(now)
+        """Mark the resource's observers owed a notification and wake the socket tasks to send them."""
+        self.observers.notify(resource, anyio.current_time(), confirmable=confirmable)
+        self.wake()
 
     def send_due(self, now: float) -> None:
-        """Render and send every notification the observer table allows now."""
+        """Render and send the notifications due now, at most ``_FANOUT_CHUNK`` per call.
+
+        A fan-out to thousands of observers is sent in chunks between which the socket task drains its
+        socket: sent in one burst, the acknowledgements of CON notifications would overflow the
+        socket's receive buffer and be dropped by the kernel, forcing retransmissions.
+        """
+        due = self._due
+        due.extend(self.observers.due(now))
         touched: set[UDPEndpoint] = set()
-        for observer in self.observers.due(now):
+        for _ in range(min(len(due), _FANOUT_CHUNK)):
+            observer = due.popleft()
             endpoint = self._observer_endpoint.get((observer.remote, observer.token))
             if endpoint is None or endpoint.closed:
                 self._drop_observer(observer if self.observers.remove(observer) else None)
@@ -328,22 +351,27 @@ class ServerDispatch:
 
     def _send_notification(self, endpoint: UDPEndpoint, observer: Observer[ObservableResource],
                            response: Message, now: float) -> None:
+        try:
+            # A notification larger than a block carries its first block (RFC 7959 §2.6), in the size the
+            # observer asked for at registration. Segment first: the table tracks what is really sent.
+            if len(response.payload) > self._block_size or OptionNumber.BLOCK2 in observer.request.opt:
+                response = segment_response(observer.request, response, max_szx=self.tuning.block_szx)
+        except error.RenderableError as e:
+            response = error_response(e)
         message = self.observers.prepare_notification(observer, response, now)
         if message is None:
             return
         if not observer.active:
             self._drop_observer(observer)  # an error response ended the observation (RFC 7641 §4.2)
         try:
-            # A notification larger than a block carries its first block (RFC 7959 §2.6).
-            if len(message.payload) > 1 << (self.tuning.block_szx + 4):
-                message = segment_response(observer.request, message, max_szx=self.tuning.block_szx)
             endpoint.layer.send(message, now)
         except (error.CoapError, ValueError) as e:
             log.warning("cannot notify %r: %s", observer.remote, e)
 
     def on_acknowledged(self, message: Message, now: float) -> None:
-        if message.opt.observe is not None and self.observers.on_acknowledged(message, now) is not None:
-            self.send_due(now)
+        # An observer owed newer state becomes due again; this socket task sends it after the drain.
+        if message.opt.observe is not None:
+            self.observers.on_acknowledged(message, now)
 
     def on_reset(self, message: Message) -> None:
         if message.opt.observe is not None or self.observers.get(message.remote, message.token):
@@ -354,13 +382,15 @@ class ServerDispatch:
             self._drop_observer(self.observers.on_timeout(message))
 
     def next_deadline(self) -> float | None:
-        """When the server wants to run again: owed notifications (pacing) or reassembly expiry."""
+        """When the server wants to run again: notifications due or owed (pacing), reassembly expiry."""
+        if self._due:
+            return -math.inf  # more of a fan-out to send, right after the next drain
         deadlines = [d for d in (self.observers.next_deadline(), self.reassembler.next_deadline()) if d]
         return min(deadlines) if deadlines else None
 
     def on_timer(self, now: float) -> None:
         self.reassembler.expire(now)
-        if self.observers.next_deadline() is not None:
+        if self._due or self.observers.next_deadline() is not None:
             self.send_due(now)
 
     @property

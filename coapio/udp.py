@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .message import Message, Remote
 from .messagelayer import Event, MessageLayer
@@ -186,6 +187,11 @@ class UDPEndpoint:
             if deadline is not None and deadline < sleep.deadline:
                 sleep.deadline = deadline
 
+    def wake(self) -> None:
+        """Make the socket task run its timers now (an upper layer has work for it)."""
+        if self._sleep is not None:
+            self._sleep.cancel()
+
     def _write(self, out: list[tuple[bytes, Remote]]) -> None:
         if self._backlog:
             self._backlog.extend(out)
@@ -247,6 +253,7 @@ class UDPEndpoint:
                     deadline = layer.next_deadline()
                 if self._upper_timer is not None:
                     upper = self._upper_timer(now)
+                    deadline = layer.next_deadline()  # what the upper layers just sent is timed too
                     if upper is not None and (deadline is None or upper < deadline):
                         deadline = upper
                 out = layer.datagrams_to_send()
@@ -254,6 +261,11 @@ class UDPEndpoint:
                     self._write(out)
                 if self._backlog:
                     await self._drain_backlog()
+                    continue
+                if deadline is not None and deadline <= now:
+                    # More work is due at once (a fan-out in chunks): let the other tasks run first,
+                    # which an already expired cancel scope would not do.
+                    await anyio.lowlevel.checkpoint()
                     continue
                 with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
                     self._sleep = sleep

@@ -104,10 +104,19 @@ def hrefs(links: list[Link]) -> set[str]:
 
 
 async def well_known_core(server: Plugtest, query: str = "") -> tuple[ClientRun, list[Link]]:
+    """GET /.well-known/core[?query]. The full listing is larger than a block, so it may come in Block2
+    blocks (RFC 7959 §2.4): then every block is fetched by its own piggy-backed exchange."""
     uri = server.uri("/.well-known/core" + (f"?{query}" if query else ""))
     run = await coap_client("-m", "get", uri=uri)
-    response = piggybacked(run, "GET", "2.05")
-    assert response.option("Content-Format") == [LINK_FORMAT], run.transcript
+    requests = [p for p in run.sent if p.is_request]
+    responses = [p for p in run.received if p.is_response]
+    assert len(requests) == len(responses) >= 1, run.transcript
+    for request, response in zip(requests, responses, strict=True):
+        assert (request.type, request.code) == ("CON", "GET"), run.transcript
+        assert request.option("Uri-Query") == requests[0].option("Uri-Query"), run.transcript
+        assert (response.type, response.code) == ("ACK", "2.05"), run.transcript
+        assert (response.mid, response.token) == (request.mid, request.token), run.transcript
+        assert response.option("Content-Format") == [LINK_FORMAT], run.transcript
     return run, parse_links(run.payload)
 
 

@@ -253,3 +253,50 @@ def test_observation_on_asyncio_too() -> None:
     anyio.run(main, backend="asyncio")
 
 
+
+
+async def test_con_fan_out_to_a_thousand_observers_needs_no_retransmission() -> None:
+    """The server sends a large fan-out in chunks and lets other tasks (and its socket) drain in between,
+    so the observers' acknowledgements are not dropped by an overflowing receive buffer, which would force
+    retransmissions. Only the fan-out is measured: registration and deregistration are bursts of their own.
+    """
+    import attrs
+
+    from coapio import TransportTuning
+
+    counter = Counter()
+    site = Site()
+    site.add("counter", counter)
+    many = attrs.evolve(TransportTuning(), nstart=1000, max_observers_per_resource=1000)
+    async with Context(bind=[LOCAL], site=site, tuning=many) as server, Context(
+        bind=[LOCAL], tuning=many
+    ) as client:
+        layer = server.endpoints[0].layer
+        got: list[bytes] = []
+        all_notified = trio.Event()
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                ready = trio.Semaphore(0)
+
+                async def observer() -> None:
+                    async with client.observe(uri(server)) as obs:
+                        await obs.__anext__()
+                        ready.release()
+                        got.append((await obs.__anext__()).payload)
+                        if len(got) == 1000:
+                            all_notified.set()
+                        await all_notified.wait()
+
+                for _ in range(1000):
+                    nursery.start_soon(observer)
+                for _ in range(1000):
+                    await ready.acquire()
+                await trio.testing.wait_all_tasks_blocked()
+                assert counter.observer_count == 1000
+                before = layer.stats.retransmissions
+                counter.bump(confirmable=True)
+                await all_notified.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                assert layer.stats.retransmissions == before
+                assert server.counters.open_exchanges == 0  # every CON notification was acknowledged
+        assert got == [b"1"] * 1000
