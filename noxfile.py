@@ -45,11 +45,16 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Codec micro-benchmarks, then server throughput of coapio, aiocoap and libcoap.
+    """Codec micro-benchmarks, server throughput of coapio, aiocoap and libcoap, observe fan-out and
+    block-wise GET of coapio against aiocoap.
 
     Arguments after ``--`` go to ``benchmarks/server_throughput.py`` (e.g. ``-- --duration 10 --json``).
     The throughput benchmark needs a C compiler (cc) and libcoap's ``coap-server-notls`` for its row.
+    ``observe_fanout.py`` (1,000 and 10,000 observers) and ``blockwise_get.py`` (1 MiB through Block2)
+    take about 30 s each; run them directly for their options.
     """
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/codec.py")
     session.run("python", "benchmarks/server_throughput.py", *session.posargs)
+    session.run("python", "benchmarks/observe_fanout.py")
+    session.run("python", "benchmarks/blockwise_get.py")
