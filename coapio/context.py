@@ -36,7 +36,7 @@ from .messagelayer import (
     TimedOut,
 )
 from .observe import OBSERVE_REGISTER, ClientObservation, Verdict
-from .options import OptionValue
+from .options import BlockValue, OptionValue
 from .pipe import Pipe, PipeEvent
 from .resource import Site
 from .server import ServerDispatch
@@ -270,6 +270,9 @@ class Context:
                 return await self._fetch_blocks(sender.continuation_request(), response, tuning)
             return response
         asked = message.opt.block2
+        if asked is None and settings.block_szx < 6 and message.code in (Code.GET, Code.FETCH):
+            # Early negotiation (RFC 7959 §2.4): a client that prefers small blocks says so up front.
+            message.opt.block2 = asked = BlockValue(0, False, settings.block_szx)
         response = await self._exchange(message, tuning)
         block2 = response.opt.block2
         if block2 is not None and block2.more and (asked is None or asked.num == 0):

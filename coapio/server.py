@@ -99,6 +99,8 @@ class ServerDispatch:
         self.echo = EchoGuard(freshness=tuning.echo_freshness)
         self._block_size = 1 << (tuning.block_szx + 4)
         self._observer_endpoint: dict[tuple[Remote, bytes], UDPEndpoint] = {}
+        # Each observation's content format, fixed by its first response (RFC 7641 §4.2).
+        self._formats: dict[tuple[Remote, bytes], int | None] = {}
         # Notifications owed and due, sent by the socket tasks a chunk per wake-up (see send_due).
         self._due: deque[Observer[ObservableResource]] = deque()
         #: Set by the Context: wakes the socket tasks so that they send what is due.
@@ -216,8 +218,13 @@ class ServerDispatch:
     def _finish(self, endpoint: UDPEndpoint, request: Message, resource: Resource, response: Message,
                 complete: Complete | None, now: float) -> None:
         """Observe registration, Block1 acknowledgement and Block2 segmentation, then send."""
-        if isinstance(resource, ObservableResource) and request.opt.observe is not None:
-            self._observe_request(endpoint, request, resource, response, now)
+        if isinstance(resource, ObservableResource):
+            if request.opt.observe is not None:
+                self._observe_request(endpoint, request, resource, response, now)
+            elif request.code == Code.DELETE and response.code == Code.DELETED:
+                # RFC 7641 §3.2/§4.2: the resource is gone; every observation ends with 4.04.
+                for observer in self.observers.observers(resource):
+                    self._send_error_notification(observer, Code.NOT_FOUND, b"the resource was deleted", now)
         if complete is not None:
             if response.code.is_successful() and response.payload:
                 self.reassembler.remember_response(request, response, now)
@@ -266,6 +273,7 @@ class ServerDispatch:
         self._observer_endpoint[key] = endpoint
         resource._servers.add(self)
         response.opt.observe = self.observers.next_sequence(observer, now)
+        self._formats[key] = response.opt.content_format
         observation = getattr(resource, "observation", None)
         if observation is not None and key not in self._observation_scopes and self.task_group is not None:
             scope = anyio.CancelScope()
@@ -295,6 +303,7 @@ class ServerDispatch:
             return
         key = (observer.remote, observer.token)
         self._observer_endpoint.pop(key, None)
+        self._formats.pop(key, None)
         scope = self._observation_scopes.pop(key, None)
         if scope is not None:
             scope.cancel()
@@ -351,6 +360,11 @@ class ServerDispatch:
 
     def _send_notification(self, endpoint: UDPEndpoint, observer: Observer[ObservableResource],
                            response: Message, now: float) -> None:
+        if (response.code.is_successful()
+                and response.opt.content_format != self._formats.get((observer.remote, observer.token))):
+            # RFC 7641 §4.2: notifications keep the first response's content format; a server that
+            # cannot says 4.06 and ends the observation.
+            response = Message(code=Code.NOT_ACCEPTABLE, payload=b"the content format changed")
         try:
             # A notification larger than a block carries its first block (RFC 7959 §2.6), in the size the
             # observer asked for at registration. Segment first: the table tracks what is really sent.
@@ -367,6 +381,18 @@ class ServerDispatch:
             endpoint.layer.send(message, now)
         except (error.CoapError, ValueError) as e:
             log.warning("cannot notify %r: %s", observer.remote, e)
+
+    def _send_error_notification(
+        self, observer: Observer[ObservableResource], code: Code, diagnostic: bytes, now: float
+    ) -> None:
+        endpoint = self._observer_endpoint.get((observer.remote, observer.token))
+        if endpoint is None or endpoint.closed:
+            self._drop_observer(observer if self.observers.remove(observer) else None)
+            return
+        observer.in_flight = None  # the end of the observation goes out even behind an unacknowledged CON
+        self._send_notification(endpoint, observer, Message(code=code, payload=diagnostic), now)
+        if observer.active:  # pacing held it back: end the observation all the same
+            self._drop_observer(observer if self.observers.remove(observer) else None)
 
     def on_acknowledged(self, message: Message, now: float) -> None:
         # An observer owed newer state becomes due again; this socket task sends it after the drain.

@@ -205,3 +205,12 @@ def test_request_tag_is_a_fresh_value_per_block1_transfer() -> None:
     assert len(tags) == 2 and tags[0] != tags[1] and all(tags)
 
 
+
+
+async def test_a_client_preferring_small_blocks_asks_for_them_early() -> None:
+    body = os.urandom(1000)
+    store = Store(body)
+    small = attrs.evolve(TransportTuning(), block_szx=3)  # 128 bytes
+    async with served(store) as server, Context(bind=[LOCAL], tuning=small) as client:
+        assert (await client.get(uri(server))).payload == body
+    assert store.gets == 8  # the server answered in the client's size from block 0 on

@@ -42,6 +42,10 @@ class Counter(ObservableResource):
         finally:
             self.observations_ended += 1
 
+    def render_delete(self, request: Message) -> Message:
+        self.deleted = True
+        return Message(code=Code.DELETED)
+
     def bump(self, *, confirmable: bool = False) -> None:
         self.value += 1
         self.notify(confirmable=confirmable)
@@ -300,3 +304,31 @@ async def test_con_fan_out_to_a_thousand_observers_needs_no_retransmission() -> 
                 assert layer.stats.retransmissions == before
                 assert server.counters.open_exchanges == 0  # every CON notification was acknowledged
         assert got == [b"1"] * 1000
+
+
+async def test_delete_of_an_observed_resource_ends_its_observations_with_4_04() -> None:
+    counter = Counter()
+    async with serve(counter) as server, Context(bind=[LOCAL]) as client:
+        with trio.fail_after(5):
+            async with client.observe(uri(server)) as obs:
+                assert (await client.delete(uri(server))).code is Code.DELETED
+                assert [m.code async for m in obs] == [Code.CONTENT, Code.NOT_FOUND]
+        await settle()
+        assert counter.observer_count == 0 and counter.observations_ended == 1
+
+
+async def test_a_content_format_change_ends_the_observation_with_4_06() -> None:
+    class Shifty(Counter):
+        def render_get(self, request: Message) -> Message:
+            response = super().render_get(request)
+            response.opt.content_format = 50 if self.value else 0
+            return response
+
+    shifty = Shifty()
+    async with serve(shifty) as server, Context(bind=[LOCAL]) as client:
+        with trio.fail_after(5):
+            async with client.observe(uri(server)) as obs:
+                shifty.bump()  # now JSON: notifications may not change format (RFC 7641 §4.2)
+                assert [m.code async for m in obs] == [Code.CONTENT, Code.NOT_ACCEPTABLE]
+        await settle()
+        assert shifty.observer_count == 0
