@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypedDict, Unpack
 
@@ -235,7 +235,13 @@ class Context:
 
     # --- client API --------------------------------------------------------------------------------
 
-    async def request(self, message: Message, *, tuning: TransportTuning | None = None) -> Message:
+    async def request(
+        self,
+        message: Message,
+        *,
+        tuning: TransportTuning | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> Message:
         """Send a request and return its final response, block-wise where needed (RFC 7959).
 
         ``message.remote`` is the destination (``Message(uri=...)`` sets it); the token is generated
@@ -246,7 +252,9 @@ class Context:
 
         Raises :class:`~coapio.error.RequestTimedOut` after the last retransmission,
         :class:`~coapio.error.ResetReceived`, :class:`~coapio.error.NetworkError` (ICMP errors, at once),
-        :class:`~coapio.error.ResponseRejected`. Once the server has acknowledged a request (empty ACK),
+        :class:`~coapio.error.ResponseRejected`. ``progress(done, total)`` is called after every block of
+        a block-wise transfer with the bytes moved so far and the body's size when known (the request's
+        own, or the response's Size2). Once the server has acknowledged a request (empty ACK),
         its separate response may take as long as the server needs: bound the wait with your own scope.
 
         Cancellation is the timeout API (``with anyio.fail_after(5): await ctx.request(m)``): when the
@@ -261,13 +269,18 @@ class Context:
         _, message.remote = await self._route(message.remote)
         if len(message.payload) > 1 << (settings.block_szx + 4):
             sender = Block1Sender(message, szx=settings.block_szx, request_tag=os.urandom(4))
+            total = len(message.payload)
             step: Message | None = sender.first_request()
             while step is not None:
-                step = sender.feed(await self._exchange(step, tuning))
+                reply = await self._exchange(step, tuning)
+                if progress is not None:
+                    block = step.opt.block1
+                    progress(total if block is None else min(total, block.start + len(step.payload)), total)
+                step = sender.feed(reply)
             response = sender.final_response
             assert response is not None
             if sender.needs_block2:
-                return await self._fetch_blocks(sender.continuation_request(), response, tuning)
+                return await self._fetch_blocks(sender.continuation_request(), response, tuning, progress)
             return response
         asked = message.opt.block2
         if asked is None and settings.block_szx < 6 and message.code in (Code.GET, Code.FETCH):
@@ -278,18 +291,30 @@ class Context:
         if block2 is not None and block2.more and (asked is None or asked.num == 0):
             # A request for block 0 only sets the preferred size (early negotiation, RFC 7959 §2.4);
             # one for a later block is random access, and gets just that block.
-            return await self._fetch_blocks(message, response, tuning)
+            return await self._fetch_blocks(message, response, tuning, progress)
         return response
 
     async def _fetch_blocks(
-        self, request: Message, first: Message, tuning: TransportTuning | None
+        self,
+        request: Message,
+        first: Message,
+        tuning: TransportTuning | None,
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> Message:
         """Fetch the remaining blocks of a Block2 response and return the whole representation."""
         settings = tuning or self.tuning
         assembler = Block2Assembler(request, max_body=settings.max_body_size)
+        total = first.opt.size2
+        received = len(first.payload)
         whole = assembler.feed(first)
         while whole is None:
-            whole = assembler.feed(await self._exchange(assembler.next_request(), tuning))
+            if progress is not None:
+                progress(received, total)
+            block = await self._exchange(assembler.next_request(), tuning)
+            received += len(block.payload)
+            whole = assembler.feed(block)
+        if progress is not None:
+            progress(len(whole.payload), len(whole.payload))
         return whole
 
     async def _exchange(self, message: Message, tuning: TransportTuning | None) -> Message:

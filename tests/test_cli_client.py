@@ -835,8 +835,9 @@ async def test_progress_line_on_a_terminal_after_a_second() -> None:
             "-m", "put", "--payload", "x" * 3000, "--timeout", "2.5", f"coap://127.0.0.1:{port}/"
         )
     assert (status, out) == (3, b"")
-    assert "\rcoapio-client: transferring... 1 s, request body 3000 bytes\x1b[K" in err
-    assert "\rcoapio-client: transferring... 2 s, request body 3000 bytes\x1b[K" in err
+    # Nothing acknowledged yet: 0 of the request body's 3000 bytes (Size1), after 1 s and after 2 s.
+    assert "\rcoapio-client: [                    ]   0% 0 of 3 KiB, 1 s\x1b[K" in err
+    assert "\rcoapio-client: [                    ]   0% 0 of 3 KiB, 2 s\x1b[K" in err
     progress, _, rest = err.rpartition("\r\x1b[K")  # erased before the error message
     assert progress
     assert rest.replace("\r\n", "\n") == (
@@ -854,7 +855,7 @@ async def test_no_progress_line_for_a_quick_request_or_with_quiet(served: Served
             "-q", "--timeout", "1.5", f"coap://127.0.0.1:{sock.getsockname()[1]}/"
         )
     assert status == 3
-    assert "transferring" not in err
+    assert "KiB" not in err
     assert err.endswith(f"no response from 127.0.0.1:{port} within 1.5 s (--timeout)\r\n")
 
 
@@ -1001,3 +1002,25 @@ async def test_observation_ends_when_its_reregistration_times_out() -> None:
                 with pytest.raises(error.RequestTimedOut):  # the re-registration is due after 1 + 5 s
                     async for _ in observation:
                         pass
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+async def test_progress_bar_follows_a_slow_download_with_its_size2() -> None:
+    class SlowLarge(Resource):
+        async def render_get(self, request: Message) -> Message:
+            await trio.sleep(0.15)  # per block: the 8 KiB in 512-byte blocks take about 2.4 s
+            return Message(payload=large_text())
+
+    site = Site()
+    site.add("slow", SlowLarge())
+    async with Context(bind=[("127.0.0.1", 0)], site=site) as server:
+        port = server.local_addresses[0][1]
+        status, out, err = await _run_with_stderr_on_a_terminal(
+            "--block-size", "512", f"coap://127.0.0.1:{port}/slow"
+        )
+    assert (status, out) == (0, large_text())
+    lines = [line for line in err.split("\r") if "KiB" in line]
+    assert lines, err
+    assert all(" of 8 KiB, " in line for line in lines), lines  # the total is the server's Size2
+    percents = [int(line.split("%")[0].split()[-1]) for line in lines]
+    assert 0 < percents[0] < 100 and percents == sorted(percents)

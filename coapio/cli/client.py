@@ -52,7 +52,7 @@ METHODS = ("get", "post", "put", "delete", "fetch", "patch", "ipatch")
 OBSERVABLE_METHODS = ("get", "fetch")
 BLOCK_SIZES = tuple(16 << szx for szx in range(7))  # 16 ... 1024: SZX 0 ... 6 (RFC 7959 §2.2)
 
-#: The progress line appears once a request has taken this long (seconds) ...
+#: The progress bar appears once a request has taken this long (seconds) ...
 PROGRESS_DELAY = 1.0
 #: ... and is rewritten this often.
 PROGRESS_INTERVAL = 1.0
@@ -70,9 +70,9 @@ messages: no payload, no details.
 
 Payloads larger than one block (--block-size, default 1024 bytes) go out block-wise (Block1),
 and block-wise responses (Block2) are reassembled before they are printed. When standard error
-is a terminal and a request takes longer than a second, a line there shows the elapsed seconds
-and the request body's size (Size1); it is erased when the request ends. It is a sign of
-life, not a percentage: the runtime does not report individual blocks.
+is a terminal and a request takes longer than a second, a progress bar there counts the bytes
+of the transfer out of the body's size (Size1 for an upload, the server's Size2 for a download);
+it is erased when the request ends.
 
 --observe writes the first response and then every notification as it arrives, each followed
 by a newline unless it ends with one; with -v the code and Observe sequence number of each go
@@ -469,20 +469,36 @@ class Plan:
     observe_count: int | None = None
 
 
-async def _progress(stderr: TextIO, request: Message) -> None:
-    """The progress line: after PROGRESS_DELAY, the elapsed seconds and the request body's size (Size1).
+class _Progress:
+    """What the runtime reported of a block-wise transfer: bytes moved and the body's size if known."""
 
-    Runs beside the request until cancelled, then erases its line. It shows only what the CLI knows: the
-    runtime reports neither blocks nor the response's Size2 while a transfer is under way.
-    """
+    def __init__(self) -> None:
+        self.done = 0
+        self.total: int | None = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
+
+
+def _progress_line(state: _Progress, elapsed: int) -> str:
+    done_kib = state.done / 1024
+    if state.total:
+        fraction = min(1.0, state.done / state.total)
+        bar = "#" * int(fraction * 20)
+        return (f"[{bar:<20}] {fraction:4.0%} {done_kib:.0f} of {state.total / 1024:.0f} KiB, {elapsed} s")
+    return f"{done_kib:.0f} KiB, {elapsed} s"
+
+
+async def _show_progress(stderr: TextIO, state: _Progress) -> None:
+    """The progress bar: after PROGRESS_DELAY, bytes moved of the body's size (Size1 for an upload, Size2
+    for a download, when the server sends it) and the elapsed seconds; erased when the request ends."""
     start = trio.current_time()
-    detail = f", request body {len(request.payload)} bytes" if request.payload else ""
     shown = False
     try:
         await trio.sleep(PROGRESS_DELAY)
         while True:
             elapsed = int(trio.current_time() - start)
-            stderr.write(f"\r{PROG}: transferring... {elapsed} s{detail}\x1b[K")
+            stderr.write(f"\r{PROG}: {_progress_line(state, elapsed)}\x1b[K")
             stderr.flush()
             shown = True
             await trio.sleep(PROGRESS_INTERVAL)
@@ -493,14 +509,17 @@ async def _progress(stderr: TextIO, request: Message) -> None:
 
 
 async def _exchange(request: Message, plan: Plan, progress: TextIO | None = None) -> Message:
-    """One request in a fresh context; with a ``progress`` stream, the progress line on it meanwhile."""
+    """One request in a fresh context; with a ``progress`` stream, the progress bar on it meanwhile."""
     async with Context(tuning=plan.tuning) as ctx:
         with anyio.fail_after(plan.timeout):
             if progress is None:
                 return await ctx.request(request)
+            state = _Progress()
+            if request.payload:
+                state.total = len(request.payload)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_progress, progress, request)
-                response = await ctx.request(request)
+                nursery.start_soon(_show_progress, progress, state)
+                response = await ctx.request(request, progress=state)
                 nursery.cancel_scope.cancel()
             return response
 
