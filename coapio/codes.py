@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 
+from ._enums import unnamed_member
+
 __all__ = ["Code", "Type"]
 
 
@@ -82,14 +84,7 @@ class Code(enum.IntEnum):
     @classmethod
     def _missing_(cls, value: object) -> Code | None:
         """Give an unregistered but well-formed code an unnamed member, so decoding never fails on it."""
-        if not isinstance(value, int) or not 0 <= value <= 0xFF:
-            return None
-        member = int.__new__(cls, value)
-        member._name_ = f"CODE_{value >> 5}_{value & 0x1F:02d}"
-        member._value_ = value
-        # Cache it so that identity comparisons and the decoder's fast lookup see one object.
-        cls._value2member_map_[value] = member
-        return member
+        return unnamed_member(cls, value, 0xFF, lambda v: f"CODE_{v >> 5}_{v & 0x1F:02d}")
 
     @property
     def code_class(self) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 import re
 
+from ._enums import unnamed_member
+
 __all__ = ["ContentFormat"]
 
 
@@ -84,14 +86,7 @@ class ContentFormat(enum.IntEnum):
     @classmethod
     def _missing_(cls, value: object) -> ContentFormat | None:
         """Give an unregistered number in 0..65535 an unnamed member, so decoding never fails on it."""
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
-            return None
-        member = int.__new__(cls, value)
-        member._name_ = f"CF_{value}"
-        member._value_ = value
-        # Cache it so that identity comparisons and repeated lookups see one object.
-        cls._value2member_map_[value] = member
-        return member
+        return unnamed_member(cls, value, 0xFFFF, lambda v: f"CF_{v}")
 
     @classmethod
     def by_media_type(cls, text: str, *, encoding: str | None = None) -> ContentFormat:

@@ -14,6 +14,8 @@ from typing import Any, Generic, TypeVar, overload
 
 import attrs
 
+from ._enums import unnamed_member
+
 __all__ = [
     "BlockValue",
     "OptionFormat",
@@ -81,13 +83,7 @@ class OptionNumber(enum.IntEnum):
 
     @classmethod
     def _missing_(cls, value: object) -> OptionNumber | None:
-        if not isinstance(value, int) or not 0 <= value <= 65535:
-            return None
-        member = int.__new__(cls, value)
-        member._name_ = f"OPTION_{value}"
-        member._value_ = value
-        cls._value2member_map_[value] = member
-        return member
+        return unnamed_member(cls, value, 65535, lambda v: f"OPTION_{v}")
 
     def is_critical(self) -> bool:
         return bool(self & 1)
