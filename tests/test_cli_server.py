@@ -6,6 +6,7 @@ free port. ``main()`` calls ``trio.run``, so in-process tests of it are plain (s
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -547,3 +548,83 @@ async def test_port_in_use_as_a_subprocess(running_server: Running) -> None:
     assert result.stderr == (
         f"coapio-server: error: cannot bind 127.0.0.1:{running_server.port}: Address already in use\n"
     ).encode()
+
+
+# --- --workers: several processes on one port (SO_REUSEPORT) ----------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid``, whichever of its threads started them (trio forks from a thread)."""
+    children: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(child) for child in f.read().split()]
+    return children
+
+
+@pytest.fixture
+async def workers_server() -> AsyncIterator[Running]:
+    process = await trio.lowlevel.open_process(
+        [*SERVER, "--workers", "2", "--bind", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        seen = b""
+        with trio.fail_after(SUBPROCESS_LIMIT):
+            while b"\n" not in seen:
+                chunk = await process.stderr.receive_some()
+                assert chunk, f"the server exited early: {seen!r}"
+                seen += chunk
+        match = re.fullmatch(rb"coapio-server listening on 127\.0\.0\.1:(\d+) \(2 workers\)\n", seen)
+        assert match, seen
+        yield Running(process, int(match[1]), seen)
+    finally:
+        with contextlib.suppress(OSError):
+            for child in _children(process.pid):
+                os.kill(child, signal.SIGKILL)
+        process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+async def test_workers_share_the_port_and_answer(workers_server: Running) -> None:
+    assert len(_children(workers_server.process.pid)) == 2
+    async with Context(bind=[("127.0.0.1", 0)]) as ctx1, Context(bind=[("127.0.0.1", 0)]) as ctx2:
+        for ctx in (ctx1, ctx2):
+            with trio.fail_after(5):
+                response = await ctx.get(f"coap://127.0.0.1:{workers_server.port}/whoami")
+            assert response.payload.decode() == f"127.0.0.1:{ctx.local_addresses[0][1]}"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+async def test_ctrl_c_stops_every_worker(workers_server: Running) -> None:
+    children = _children(workers_server.process.pid)
+    workers_server.process.send_signal(signal.SIGINT)
+    rest = await _finish(workers_server.process)
+    assert workers_server.process.returncode == 0 and b"Traceback" not in rest
+    assert not [child for child in children if _alive(child)]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+async def test_a_dying_worker_takes_the_server_down_with_status_1(workers_server: Running) -> None:
+    os.kill(_children(workers_server.process.pid)[0], signal.SIGKILL)
+    rest = await _finish(workers_server.process)
+    assert workers_server.process.returncode == 1
+    assert b"exited with status" in rest and b"Traceback" not in rest
+
+
+@pytest.mark.parametrize("count", ["0", "65", "two"])
+def test_bad_worker_count_is_a_usage_error(capsys: pytest.CaptureFixture[str], count: str) -> None:
+    assert server.main(["--workers", count]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and "Traceback" not in err

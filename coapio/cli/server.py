@@ -14,9 +14,11 @@ import argparse
 import contextlib
 import datetime
 import errno
+import functools
 import math
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +33,7 @@ from ..context import Context
 from ..message import Message
 from ..resource import Resource, Site
 from ..server import ObservableResource
-from ..udp import parse_bind
+from ..udp import open_udp_socket, parse_bind
 from ._common import error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
 
 __all__ = ["LARGE_SIZE", "Echo", "Large", "Time", "Welcome", "WhoAmI", "build_site", "large_text", "main"]
@@ -200,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log INFO (-vv: DEBUG) to stderr"
     )
+    parser.add_argument(
+        "--workers", metavar="N", type=_worker_count, default=1,
+        help="serve from N processes sharing the port (SO_REUSEPORT; one per core); default 1",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -208,7 +215,7 @@ def _bind_text(binds: Sequence[tuple[str, int]]) -> str:
     return ", ".join(format_address(b, unmap=False) for b in binds)
 
 
-async def _serve(binds: list[tuple[str, int]], explicit: bool) -> int:
+async def _serve(binds: list[tuple[str, int]], explicit: bool, *, worker: bool = False) -> int:
     """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal.
 
     The signal receiver stays installed until the context has closed, so a second Ctrl-C during the
@@ -219,7 +226,9 @@ async def _serve(binds: list[tuple[str, int]], explicit: bool) -> int:
         async with contextlib.AsyncExitStack() as stack:
             while True:
                 try:
-                    context = await stack.enter_async_context(Context(bind=binds, site=site))
+                    context = await stack.enter_async_context(
+                        Context(bind=binds, site=site, reuse_port=worker)
+                    )
                 except BaseException as raised:
                     exc = unwrap(raised)
                     if not isinstance(exc, OSError):
@@ -236,11 +245,112 @@ async def _serve(binds: list[tuple[str, int]], explicit: bool) -> int:
                     error_line(PROG, f"cannot bind {_bind_text(binds)}: {reason}")
                     return EXIT_CANNOT_BIND
                 break
-            addresses = _bind_text([e.local for e in context.endpoints])
-            print(f"{PROG} listening on {addresses}", file=sys.stderr, flush=True)
+            if worker:
+                print("ready", flush=True)  # to the supervising process, which announces the server
+            else:
+                addresses = _bind_text([e.local for e in context.endpoints])
+                print(f"{PROG} listening on {addresses}", file=sys.stderr, flush=True)
             async for _ in signals:
                 break
     return EXIT_OK
+
+
+def _reserve(binds: list[tuple[str, int]], explicit: bool) -> list[socket.socket]:
+    """Bind one SO_REUSEPORT socket per address, in the group the workers join: it fixes the port when 0
+    was asked for, and proves the address can be had, before any worker starts."""
+    while True:
+        sockets: list[socket.socket] = []
+        try:
+            for host, port in binds:
+                sockets.append(open_udp_socket(host, port, reuse_port=True))
+            return sockets
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            if not explicit and binds == [DEFAULT_BIND] and exc.errno in (
+                errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL
+            ):
+                binds = [FALLBACK_BIND]
+                continue
+            raise
+
+
+async def _supervise(binds: list[tuple[str, int]], explicit: bool, workers: int, verbose: int) -> int:
+    """Run ``workers`` server processes on the same addresses (SO_REUSEPORT) until a signal comes.
+
+    The kernel hashes each client's source address to one worker, so a client's retransmissions and
+    duplicates meet the same deduplication state. The reserved sockets are closed once every worker is
+    ready: until then they are part of the group, and a datagram the kernel hands them is lost (a CON is
+    retransmitted). A worker that dies takes the server down: status 1.
+    """
+    try:
+        reserved = _reserve(binds, explicit)
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror):
+            error_line(PROG, f"cannot resolve --bind {_bind_text(binds)}: {exc.strerror or exc}")
+            return EXIT_USAGE
+        error_line(PROG, f"cannot bind {_bind_text(binds)}: {exc.strerror or exc}")
+        return EXIT_CANNOT_BIND
+    locals_ = [sock.getsockname() for sock in reserved]
+    command = [sys.executable, "-m", "coapio.cli.server", "--worker", *(["-v"] * verbose)]
+    for address in locals_:
+        command += ["--bind", format_address(address, unmap=False)]
+    processes: list[trio.Process] = []
+    status = EXIT_OK
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            for _ in range(workers):
+                processes.append(await trio.lowlevel.open_process(command, stdout=subprocess.PIPE))
+            with trio.fail_after(30):
+                for process in processes:
+                    assert process.stdout is not None
+                    if (await process.stdout.receive_some(64)).strip() != b"ready":
+                        error_line(PROG, "a worker failed to start")
+                        return EXIT_CANNOT_BIND
+            for sock in reserved:
+                sock.close()
+            print(f"{PROG} listening on {_bind_text(locals_)} ({workers} workers)", file=sys.stderr,
+                  flush=True)
+            stopped = trio.Event()
+            async with trio.open_nursery() as nursery:
+
+                async def watch(process: trio.Process) -> None:
+                    nonlocal status
+                    await process.wait()
+                    if not stopped.is_set():
+                        error_line(PROG, f"worker {process.pid} exited with status {process.returncode}")
+                        status = 1
+                    nursery.cancel_scope.cancel()
+
+                for process in processes:
+                    nursery.start_soon(watch, process)
+                async for _ in signals:
+                    stopped.set()
+                    break
+                nursery.cancel_scope.cancel()
+        finally:
+            for sock in reserved:
+                sock.close()
+            for process in processes:
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
+                for process in processes:
+                    await process.wait()
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+    return status
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"must be 1..64, not {count}")
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
     setup_logging(args.verbose)
     try:
-        return trio.run(_serve, binds or [DEFAULT_BIND], bool(binds))
+        if args.workers > 1:
+            return trio.run(_supervise, binds or [DEFAULT_BIND], bool(binds), args.workers, args.verbose)
+        return trio.run(functools.partial(_serve, binds or [DEFAULT_BIND], bool(binds), worker=args.worker))
     except BaseException as e:
         if is_keyboard_interrupt(e):  # Ctrl-C before the signal handler was installed
             return EXIT_INTERRUPTED
