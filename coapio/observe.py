@@ -283,6 +283,10 @@ class ObserverTable(Generic[K]):
         members = self._by_resource.get(resource)
         return list(members.values()) if members else []
 
+    def all(self) -> list[Observer[K]]:
+        """Every observer of every resource."""
+        return list(self._by_id.values())
+
     def get(self, remote: Remote, token: bytes) -> Observer[K] | None:
         return self._by_id.get((remote, token))
 

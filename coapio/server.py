@@ -42,6 +42,14 @@ _SPECIAL_REQUEST_OPTIONS = frozenset(
 _NO_RESPONSE_BITS = {2: 0x02, 4: 0x08, 5: 0x10}
 
 
+def _failure_response(handler: Handler, request: Message, exc: Exception) -> Message:
+    """What a renderer's exception becomes: a library error its code, anything else a logged 5.00."""
+    if isinstance(exc, error.RenderableError):
+        return error_response(exc)
+    log.error("renderer %r failed on %r", handler.function, request, exc_info=exc)
+    return Message(code=Code.INTERNAL_SERVER_ERROR)
+
+
 class ObservableResource(Resource):
     """A resource clients can observe (RFC 7641): call :meth:`notify` when its state changes.
 
@@ -109,7 +117,7 @@ class ServerDispatch:
 
     def close(self) -> None:
         """Detach from observable resources (the context is ending; its tasks are being cancelled)."""
-        for observer in list(self.observers._by_id.values()):
+        for observer in self.observers.all():
             observer.resource._servers.discard(self)
         self._observation_scopes.clear()
 
@@ -179,11 +187,8 @@ class ServerDispatch:
     def _render_sync(handler: Handler, request: Message) -> Message:
         try:
             return make_response(request, handler.function(request))
-        except error.RenderableError as e:
-            return error_response(e)
-        except Exception:
-            log.exception("renderer %r failed on %r", handler.function, request)
-            return Message(code=Code.INTERNAL_SERVER_ERROR)
+        except Exception as e:
+            return _failure_response(handler, request, e)
 
     async def _run_async(self, endpoint: UDPEndpoint, handler: Handler, request: Message,
                          rest: tuple[str, ...], complete: Complete | None) -> None:
@@ -202,11 +207,8 @@ class ServerDispatch:
                 function: Callable[[Message], Awaitable[Message]] = handler.function  # type: ignore[assignment]
                 try:
                     response = make_response(request, await function(request))
-                except error.RenderableError as e:
-                    response = error_response(e)
-                except Exception:
-                    log.exception("renderer %r failed on %r", handler.function, request)
-                    response = Message(code=Code.INTERNAL_SERVER_ERROR)
+                except Exception as e:
+                    response = _failure_response(handler, request, e)
         finally:
             if self.incoming.get(key) is exchange:
                 del self.incoming[key]
@@ -348,11 +350,8 @@ class ServerDispatch:
         function: Callable[[Message], Awaitable[Message]] = handler.function  # type: ignore[assignment]
         try:
             response = make_response(observer.request, await function(observer.request))
-        except error.RenderableError as e:
-            response = error_response(e)
-        except Exception:
-            log.exception("renderer %r failed on %r", handler.function, observer.request)
-            response = Message(code=Code.INTERNAL_SERVER_ERROR)
+        except Exception as e:
+            response = _failure_response(handler, observer.request, e)
         endpoint = self._observer_endpoint.get((observer.remote, observer.token))
         if endpoint is not None and not endpoint.closed:
             self._send_notification(endpoint, observer, response, anyio.current_time())
