@@ -526,10 +526,14 @@ class Context:
         return self.server.next_deadline()
 
     def _network_error(self, remote: Remote, exception: OSError) -> None:
-        # The requesters' own clean-up then cancels their exchanges in the message layer.
         self.tokens.dispatch_error(
             remote, error.NetworkError(exception.errno, f"{remote!r}: {exception.strerror}")
         )
+        # Nothing more goes to an unreachable peer: no retransmission, and its observations end.
+        now = anyio.current_time()
+        for endpoint in self._endpoints:
+            endpoint.layer.cancel_peer(remote, now)
+        self.server.on_network_error(remote)
 
 class Observation:
     """One observation of a resource; made by :meth:`Context.observe`, used as ``async with``.

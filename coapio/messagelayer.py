@@ -513,6 +513,30 @@ class MessageLayer:
                 del peer.queue[i]
                 return
 
+    def cancel_peer(self, remote: Remote, now: float) -> list[Message]:
+        """The network says ``remote`` is unreachable (ICMP): stop every exchange with it at once.
+
+        Returns the messages whose exchanges ended (CONs awaiting an ACK, NON requests holding a slot,
+        queued requests), for the layers above to fail or forget.
+        """
+        ended: list[Message] = []
+        peer = self._peers.get(remote)
+        if peer is not None:
+            # The queue goes first: finishing an exchange frees its NSTART slot, which would start
+            # the next queued request towards this very peer.
+            ended.extend(message for message, _ in peer.queue)
+            peer.queue.clear()
+            for nonreq in peer.non_requests.values():
+                nonreq.done = True
+                ended.append(nonreq.message)
+            peer.outstanding -= len(peer.non_requests)
+            peer.non_requests.clear()
+        for key in [key for key in self._exchanges if key[0] == remote]:
+            exch = self._exchanges.pop(key)
+            self._finish(exch, now)
+            ended.append(exch.message)
+        return ended
+
     def _peer(self, remote: Remote, now: float) -> _Peer:
         peers = self._peers
         peer = peers.get(remote)

@@ -393,6 +393,11 @@ class ServerDispatch:
         if observer.active:  # pacing held it back: end the observation all the same
             self._drop_observer(observer if self.observers.remove(observer) else None)
 
+    def on_network_error(self, remote: Remote) -> None:
+        """The peer is unreachable (ICMP): its observations end now, not after a CON times out."""
+        for observer in self.observers.remove_remote(remote):
+            self._drop_observer(observer)
+
     def on_acknowledged(self, message: Message, now: float) -> None:
         # An observer owed newer state becomes due again; this socket task sends it after the drain.
         if message.opt.observe is not None:

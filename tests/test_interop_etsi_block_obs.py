@@ -922,10 +922,15 @@ def check_block2_notifications(run: ClientRun, obs: Observed, path: str, body_of
                                ) -> list[bool]:
     """Every response of the observation (the first and the notifications) is either a single payload
     or Block2 NUM=0, M=1, 1024 bytes (the server's DES), followed by the client's GET of block 1 (and
-    its runt answer); returns, per response, whether it used Block2."""
+    its runt answer); returns, per response, whether it used Block2.
+
+    The last notification is exempt from the completion check: libcoap's ``-s`` window is wall-clock
+    time, and when it ends right after a Block2 notification arrived the client leaves without waiting
+    for the rest (its log then shows the GET of block 1 and "cannot send CoAP pdu")."""
     forms = []
     pairs = exchanges(run)
-    for pdu in [obs.first, *obs.notifications]:
+    responses = [obs.first, *obs.notifications]
+    for index, pdu in enumerate(responses):
         block = block_of(pdu, "Block2")
         state = int(re.search(rb"state (\d+)", payload_of(pdu))[1])  # type: ignore[index]
         body = body_of(state)
@@ -937,6 +942,8 @@ def check_block2_notifications(run: ClientRun, obs: Observed, path: str, body_of
         etag = pdu.option("ETag")
         rest = [(q, r) for q, r in pairs if q.option("Uri-Path") == [path.strip("/")]
                 and block_of(q, "Block2") is not None and r.option("ETag") == etag]
+        if not rest and index == len(responses) - 1 and index > 0:
+            continue  # the client's observation window closed before the rest came back
         assert rest, run.transcript  # the client fetched the rest (cf. TD_COAP_BLOCK_02)
         request, response = rest[0]
         assert block_of(request, "Block2") == BlockValue(1, False, 6), run.transcript

@@ -547,3 +547,19 @@ def test_tuning_derived_times_follow_rfc_7252_defaults() -> None:
     assert t.exchange_lifetime == 247
     assert t.non_lifetime == 145
     assert attrs.evolve(t, ack_timeout=1.0).exchange_lifetime == pytest.approx(223.5)
+
+
+def test_cancel_peer_stops_everything_towards_an_unreachable_peer() -> None:
+    c = layer(nstart=2)
+    a, b, q = get(b"a"), get(b"b", mtype=Type.NON), get(b"q")
+    for m in (a, b, q):
+        c.send(m, 0.0)
+    c.datagrams_to_send()
+    other = get(b"o", remote=("127.0.0.2", 5683))
+    c.send(other, 0.0)
+    c.datagrams_to_send()
+    ended = c.cancel_peer(SERVER, 1.0)
+    assert {m.token for m in ended} == {b"a", b"b", b"q"}
+    assert q.mid is None  # the queued request never went out
+    c.on_timer(100.0)
+    assert [remote for _, remote in c.datagrams_to_send()] == [("127.0.0.2", 5683)] * 4  # only the other

@@ -332,3 +332,24 @@ async def test_a_content_format_change_ends_the_observation_with_4_06() -> None:
                 assert [m.code async for m in obs] == [Code.CONTENT, Code.NOT_ACCEPTABLE]
         await settle()
         assert shifty.observer_count == 0
+
+
+async def test_an_unreachable_observer_is_dropped_at_once() -> None:
+    """An observer whose port is closed (the client died without deregistering) is dropped on the ICMP
+    error of the next notification, not after MAX_TRANSMIT_WAIT of retransmissions."""
+    counter = Counter()
+    async with serve(counter) as server:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await sock.connect(server.endpoints[0].sock.getsockname())
+        register = Message(Type.CON, Code.GET, 1, b"obs", uri="coap://h/counter")
+        register.opt.observe = 0
+        await sock.send(register.encode())
+        with trio.fail_after(5):
+            await sock.recv(2048)
+        sock.close()  # gone, silently
+        counter.bump(confirmable=True)
+        # On loopback the ICMP error is queued while the notification is being sent; once every task
+        # is blocked again, the socket task has read it.
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        assert counter.observer_count == 0 and counter.observations_ended == 1
+        assert server.counters.open_exchanges == 0  # and no retransmission to the dead port
