@@ -316,7 +316,7 @@ class _FakeContext:
     failures: dict[str, int] = {}
     attempts: list[list[tuple[str, int]]] = []
 
-    def __init__(self, *, bind: list[tuple[str, int]], site: object) -> None:
+    def __init__(self, *, bind: list[tuple[str, int]], site: object, reuse_port: bool = False) -> None:
         self.bind = bind
 
     async def __aenter__(self) -> _FakeContext:
@@ -368,10 +368,12 @@ class Running:
     stderr: bytes  # what it printed up to and including the listening line
 
 
-@pytest.fixture
-async def running_server() -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def start_server(*args: str, suffix: bytes = b"") -> AsyncIterator[Running]:
+    """``coapio-server --bind 127.0.0.1:0 ARGS``, once it announced its port; killed (with any workers)
+    on the way out."""
     process = await trio.lowlevel.open_process(
-        [*SERVER, "--bind", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*SERVER, *args, "--bind", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         assert process.stderr is not None
@@ -381,13 +383,23 @@ async def running_server() -> AsyncIterator[Running]:
                 chunk = await process.stderr.receive_some()
                 assert chunk, f"the server exited early: {seen!r}"
                 seen += chunk
-        match = re.fullmatch(rb"coapio-server listening on 127\.0\.0\.1:(\d+)\n", seen)
+        announced = rb"coapio-server listening on 127\.0\.0\.1:(\d+)" + re.escape(suffix) + rb"\n"
+        match = re.fullmatch(announced, seen)
         assert match, seen
         yield Running(process, int(match[1]), seen)
     finally:
+        with contextlib.suppress(OSError):
+            for child in _children(process.pid):
+                os.kill(child, signal.SIGKILL)
         process.kill()
         with trio.move_on_after(5):
             await process.wait()
+
+
+@pytest.fixture
+async def running_server() -> AsyncIterator[Running]:
+    async with start_server() as running:
+        yield running
 
 
 async def coap_client(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -573,27 +585,8 @@ def _children(pid: int) -> list[int]:
 
 @pytest.fixture
 async def workers_server() -> AsyncIterator[Running]:
-    process = await trio.lowlevel.open_process(
-        [*SERVER, "--workers", "2", "--bind", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        assert process.stderr is not None
-        seen = b""
-        with trio.fail_after(SUBPROCESS_LIMIT):
-            while b"\n" not in seen:
-                chunk = await process.stderr.receive_some()
-                assert chunk, f"the server exited early: {seen!r}"
-                seen += chunk
-        match = re.fullmatch(rb"coapio-server listening on 127\.0\.0\.1:(\d+) \(2 workers\)\n", seen)
-        assert match, seen
-        yield Running(process, int(match[1]), seen)
-    finally:
-        with contextlib.suppress(OSError):
-            for child in _children(process.pid):
-                os.kill(child, signal.SIGKILL)
-        process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
+    async with start_server("--workers", "2", suffix=b" (2 workers)") as running:
+        yield running
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
