@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 #: The size of libcoap 4.3.1's index text (what ``coap-server`` answers on ``/``).
 PAYLOAD_SIZE = 136
@@ -73,24 +73,30 @@ def run_aiocoap(port: int, seconds: float | None = None) -> None:
         async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
             return aiocoap.Message(payload=PAYLOAD)
 
-    async def main() -> None:
-        site = aiocoap.resource.Site()
-        site.add_resource((), Hello())
-        ctx = await aiocoap.Context.create_server_context(site, bind=(HOST, port))
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
+    site = aiocoap.resource.Site()
+    site.add_resource((), Hello())
+    asyncio.run(serve_aiocoap(site, port, seconds))
 
-        def finish() -> None:
-            if not done.done():
-                done.set_result(None)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, finish)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done, seconds)
-        await ctx.shutdown()
+async def serve_aiocoap(site: Any, port: int, seconds: float | None = None) -> None:
+    """Serve an aiocoap site on HOST:port until SIGTERM/SIGINT (or for ``seconds``)."""
+    import asyncio
 
-    asyncio.run(main())
+    import aiocoap
+
+    ctx = await aiocoap.Context.create_server_context(site, bind=(HOST, port))
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, finish)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done, seconds)
+    await ctx.shutdown()
 
 
 def _serve_main(argv: Sequence[str] | None = None) -> None:

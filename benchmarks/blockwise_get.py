@@ -93,13 +93,7 @@ def serve_aiocoap(port: int, size: int) -> None:
         site = aiocoap.resource.Site()
         site.add_resource((), Hello())
         site.add_resource(("big",), Big())
-        ctx = await aiocoap.Context.create_server_context(site, bind=(HOST, port))
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: done.done() or done.set_result(None))
-        await done
-        await ctx.shutdown()
+        await _servers.serve_aiocoap(site, port)
 
     asyncio.run(main())
 

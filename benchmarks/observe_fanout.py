@@ -212,7 +212,6 @@ def serve_coapio(port: int, max_observers: int) -> None:
 
 
 def serve_aiocoap(port: int, max_observers: int) -> None:
-    import signal
 
     import aiocoap
     import aiocoap.resource
@@ -276,13 +275,7 @@ def serve_aiocoap(port: int, max_observers: int) -> None:
         site.add_resource(("obs",), obs)
         site.add_resource(("ctl",), Control())
         site.add_resource(("stats",), Stats())
-        ctx = await aiocoap.Context.create_server_context(site, bind=(HOST, port))
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: done.done() or done.set_result(None))
-        await done
-        await ctx.shutdown()
+        await _servers.serve_aiocoap(site, port)
 
     asyncio.run(main())
 
