@@ -68,7 +68,29 @@ class PlugtestResource(Resource):
                  request.type.name, request.mid, request.token.hex() or "-", request.opt)
 
 
-class TestResource(PlugtestResource):
+class StoredText(PlugtestResource):
+    """A resource holding a body and its Content-Format: GET returns them, PUT replaces them (2.04).
+
+    Subclasses set ``content`` and ``content_format`` in their ``__init__``.
+    """
+
+    INITIAL = b""
+    content: bytes
+    content_format: int
+
+    def render_get(self, request: Message) -> Message:
+        self.note(request)
+        return _text(self.content, content_format=self.content_format)
+
+    def render_put(self, request: Message) -> Message:
+        self.note(request)
+        self.content = request.payload
+        cf = request.opt.content_format
+        self.content_format = ContentFormat.TEXT_PLAIN if cf is None else cf
+        return Message(code=Code.CHANGED)
+
+
+class TestResource(StoredText):
     """/test: GET, PUT, POST and DELETE (TD_COAP_CORE_01-08, 10, 12, 15, 18; LINK_08's non-matching entry).
 
     GET answers 2.05 with the current text and its Content-Format; PUT replaces it (2.04); DELETE restores the
@@ -86,17 +108,6 @@ class TestResource(PlugtestResource):
         self.site = site
         self.content = self.INITIAL
         self.content_format: int = ContentFormat.TEXT_PLAIN
-
-    def render_get(self, request: Message) -> Message:
-        self.note(request)
-        return _text(self.content, content_format=self.content_format)
-
-    def render_put(self, request: Message) -> Message:
-        self.note(request)
-        self.content = request.payload
-        cf = request.opt.content_format
-        self.content_format = ContentFormat.TEXT_PLAIN if cf is None else cf
-        return Message(code=Code.CHANGED)
 
     def render_post(self, request: Message) -> Message:
         self.note(request)
@@ -325,7 +336,7 @@ class LargeResource(PlugtestResource):
         return _text(self.BODY)
 
 
-class LargeUpdateResource(PlugtestResource):
+class LargeUpdateResource(StoredText):
     """/large-update: GET returns the stored body, PUT replaces it (2.04; TD_COAP_BLOCK_03).
 
     A PUT larger than a block arrives with Block1: the runtime answers 2.31 Continue to each block and
@@ -339,17 +350,6 @@ class LargeUpdateResource(PlugtestResource):
         super().__init__()
         self.content = self.INITIAL
         self.content_format: int = ContentFormat.TEXT_PLAIN
-
-    def render_get(self, request: Message) -> Message:
-        self.note(request)
-        return _text(self.content, content_format=self.content_format)
-
-    def render_put(self, request: Message) -> Message:
-        self.note(request)
-        self.content = request.payload
-        cf = request.opt.content_format
-        self.content_format = ContentFormat.TEXT_PLAIN if cf is None else cf
-        return Message(code=Code.CHANGED)
 
 
 class LargeCreateResource(PlugtestResource):

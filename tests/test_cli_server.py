@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,9 +25,10 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from conftest import require_binary
 
-from coapio import Code, ContentFormat, Context, Message
+from coapio import Code, ContentFormat, Context, Message, ObservableResource
 from coapio.cli import _common, server
 from coapio.linkformat import parse_links
 from coapio.options import BlockValue
@@ -125,16 +126,6 @@ def _stamp(message: Message) -> datetime.datetime:
     return datetime.datetime.strptime(message.payload.decode(), "%Y-%m-%dT%H:%M:%SZ")
 
 
-async def eventually(condition: Callable[[], bool], limit: float = 5.0) -> None:
-    """Wait until ``condition()`` holds, polling every 10 ms, for at most ``limit`` seconds."""
-    with trio.fail_after(limit):
-        for _ in range(int(limit * 100) + 1):
-            if condition():
-                return
-            await trio.sleep(0.01)
-    raise AssertionError("the condition never held")
-
-
 async def test_time_notifies_every_second_while_observed(served: Served) -> None:
     stamps = []
     with trio.fail_after(10):
@@ -187,7 +178,8 @@ async def test_time_ticks_once_per_second_however_many_observe() -> None:
         assert 2 <= clock.notifies <= elapsed + 1, (clock.notifies, elapsed)
         assert all(n >= 3 for n in received), received  # the registration's response + the ticks
         # Leaving the blocks deregistered the observers, which cancelled their ticking tasks.
-        await eventually(lambda: clock.observer_count == 0 and ctx.counters.live_handlers == 0)
+        await trio.testing.wait_all_tasks_blocked()  # the deregistrations (sent on leaving) are read
+        assert clock.observer_count == 0 and ctx.counters.live_handlers == 0
         notifies = clock.notifies
         await trio.sleep(1.2)
         assert clock.notifies == notifies  # nobody observes: no ticking
@@ -202,7 +194,11 @@ async def test_time_stops_ticking_when_the_observer_resets() -> None:
                 await observation.__anext__()  # the first tick
                 assert ctx.counters.live_handlers == 1  # the observation task
         # passive: the next notification is answered with a Reset, which ends the observation
-        await eventually(lambda: ctx.counters.live_handlers == 0)
+        found = ctx.site.resolve(("time",)) if ctx.site is not None else None
+        assert found is not None and isinstance(found[0], ObservableResource)
+        found[0].notify()  # the next notification now, rather than at the next tick
+        await trio.testing.wait_all_tasks_blocked()
+        assert ctx.counters.live_handlers == 0
 
 
 async def test_whoami_names_the_clients_address(served: Served) -> None:
