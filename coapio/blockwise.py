@@ -510,6 +510,10 @@ class Block1Reassembler:
             rejected=self._rejected,
         )
 
+    def __bool__(self) -> bool:
+        """Whether any transfer or cached response is held (and may need expiring)."""
+        return bool(self._transfers)
+
     def expire(self, now: float) -> None:
         """Drop every transfer idle for ``lifetime`` or longer (also done by every other call)."""
         transfers = self._transfers

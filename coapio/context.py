@@ -483,8 +483,9 @@ class Context:
     def _dispatch(self, endpoint: UDPEndpoint, event: Event, now: float) -> None:
         kind = type(event)
         if kind is RequestReceived:
-            event.message.local = endpoint.local_address_of_last_datagram()
-            self.server.serve(endpoint, event.message, now)
+            message = event.message
+            message.local = endpoint.local_address_of_last_datagram() if endpoint.pktinfo else endpoint.local
+            self.server.serve(endpoint, message, now)
             return
         message = event.message
         pipe = self.tokens.pipe_for(message)

@@ -20,6 +20,7 @@ Typical driving loop (what the runtime's socket task does)::
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container
@@ -237,6 +238,7 @@ class MessageLayer:
         self._dedup_con: OrderedDict[_Key, _Received] = OrderedDict()
         self._dedup_non: OrderedDict[_Key, _Received] = OrderedDict()
         self._dedup_bytes = 0
+        self._purge_at = math.inf  # no dedup entry expires before this time
         # CON requests not yet answered or acknowledged, in arrival order (for the empty-ACK delay).
         self._awaiting: OrderedDict[_Key, tuple[float, _Received]] = OrderedDict()
         self._exchanges: dict[_Key, _Outgoing] = {}
@@ -703,18 +705,48 @@ class MessageLayer:
     # --- deduplication cache -----------------------------------------------------------------------
 
     def _remember(self, is_con: bool, key: _Key, now: float) -> _Received:
-        """Insert a dedup entry, first dropping expired entries and, past the bounds, the oldest ones."""
-        tuning = self.tuning
+        """Insert a dedup entry, first dropping expired entries and, past the bounds, the oldest ones.
+
+        Both tables are in expiry order, so the earliest expiry of their fronts is all that needs
+        watching: ``_purge_at`` holds it (or something earlier, which only costs one extra look).
+        """
         con, non = self._dedup_con, self._dedup_non
-        for table in (con, non):
+        if now >= self._purge_at:
+            self._purge_expired(now)
+        tuning = self.tuning
+        if len(con) + len(non) >= tuning.max_dedup_entries or self._dedup_bytes > tuning.max_dedup_bytes:
+            self._evict_oldest()
+        if is_con:
+            entry = con[key] = _Received(now + self._con_lifetime)
+        else:
+            entry = non[key] = _Received(now + self._non_lifetime)
+        if entry.expires < self._purge_at:
+            self._purge_at = entry.expires
+        return entry
+
+    def _purge_expired(self, now: float) -> None:
+        purge_at = math.inf
+        for table in (self._dedup_con, self._dedup_non):
             while table:
                 oldest = next(iter(table.values()))
                 if oldest.expires > now:
+                    purge_at = min(purge_at, oldest.expires)
                     break
                 del table[next(iter(table))]
                 self._forget(oldest)
+        self._purge_at = purge_at
+
+    def _evict_oldest(self) -> None:
+        """Forget the oldest entries until the cache is a little under its bounds.
+
+        A little under (1/256 of the entry bound): a server at its bound evicts a batch now and then
+        instead of one entry per request, which costs less and forgets nothing it would not soon forget.
+        """
+        con, non = self._dedup_con, self._dedup_non
+        tuning = self.tuning
+        max_entries = tuning.max_dedup_entries - (tuning.max_dedup_entries >> 8)
         while (con or non) and (
-            len(con) + len(non) >= tuning.max_dedup_entries
+            len(con) + len(non) >= max_entries
             or self._dedup_bytes > tuning.max_dedup_bytes
         ):
             # Evict whichever front entry arrived first (their lifetimes differ).
@@ -726,9 +758,6 @@ class MessageLayer:
                 table = con or non
             self._forget(table.popitem(last=False)[1])
             self.stats.dedup_evicted += 1
-        table = con if is_con else non
-        entry = table[key] = _Received(now + (self._con_lifetime if is_con else self._non_lifetime))
-        return entry
 
     def _set_reply(self, entry: _Received, reply: bytes) -> None:
         if entry.live:

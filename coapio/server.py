@@ -38,6 +38,9 @@ _FANOUT_CHUNK = 128  # notifications sent per socket-task wake-up
 _SPECIAL_REQUEST_OPTIONS = frozenset(
     {OptionNumber.PROXY_URI, OptionNumber.PROXY_SCHEME, OptionNumber.BLOCK1, OptionNumber.BLOCK2}
 )
+_LOWEST_SPECIAL = min(_SPECIAL_REQUEST_OPTIONS)
+assert _LOWEST_SPECIAL <= OptionNumber.NO_RESPONSE
+_URI_PATH = int(OptionNumber.URI_PATH)
 #: RFC 7967 §2.1: the No-Response bit that suppresses each response class.
 _NO_RESPONSE_BITS = {2: 0x02, 4: 0x08, 5: 0x10}
 
@@ -129,9 +132,13 @@ class ServerDispatch:
         if site is None:
             return self._respond(endpoint, request, Message(code=Code.NOT_FOUND), now)
         opt = request.opt
+        items = opt._items
         complete: Complete | None = None
-        # One pass over the (sorted, usually short) options tells whether a special case applies.
-        if any(number in _SPECIAL_REQUEST_OPTIONS for number, _ in opt):
+        # Options are sorted: a request whose highest option is below Block2 (the lowest special
+        # number) is the common case and skips the special cases without looking at each option.
+        if items and items[-1][0] >= _LOWEST_SPECIAL and any(
+            number in _SPECIAL_REQUEST_OPTIONS for number, _ in items
+        ):
             if OptionNumber.PROXY_URI in opt or OptionNumber.PROXY_SCHEME in opt:
                 return self._respond(endpoint, request, Message(code=Code.PROXYING_NOT_SUPPORTED), now)
             if OptionNumber.BLOCK1 in opt:
@@ -157,8 +164,11 @@ class ServerDispatch:
                         # response is gone: RFC 7959 §2.7 leaves only "incomplete" as the answer.
                         incomplete = error.RequestEntityIncomplete("no response to continue")
                         return self._respond(endpoint, request, error_response(incomplete), now)
-        self._forget_observer_on_plain_request(request)
-        found = site.resolve(opt.uri_path)
+        if self.observers:
+            self._forget_observer_on_plain_request(request)
+        # Uri-Path read straight from the sorted options: this runs for every request.
+        found = site.resolve(tuple([value.decode("utf-8", "replace") for number, value in items
+                                    if number == _URI_PATH]))
         if found is None:
             return self._respond(endpoint, request, Message(code=Code.NOT_FOUND), now)
         resource, rest = found
@@ -236,8 +246,12 @@ class ServerDispatch:
 
     def _respond(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float, *,
                  full: bool = False, complete: Complete | None = None) -> None:
+        items = request.opt._items
+        # Block2 and No-Response are the highest-numbered request options these checks read.
+        plain = not items or items[-1][0] < _LOWEST_SPECIAL
         try:
-            if full and (len(response.payload) > self._block_size or OptionNumber.BLOCK2 in request.opt):
+            if full and (len(response.payload) > self._block_size
+                         or (not plain and OptionNumber.BLOCK2 in request.opt)):
                 response = segment_response(request, response, max_szx=self.tuning.block_szx)
             if complete is not None:
                 response = complete.acknowledge(response)
@@ -245,7 +259,7 @@ class ServerDispatch:
             response = error_response(e)
         if self.tuning.echo_amplification_check and self.echo.amplification_risk(request, response, now):
             response = self.echo.challenge(request, now)
-        raw = request.opt.get(OptionNumber.NO_RESPONSE)
+        raw = None if plain else request.opt.get(OptionNumber.NO_RESPONSE)
         if raw and int.from_bytes(raw, "big") & _NO_RESPONSE_BITS.get(response.code >> 5, 0):
             # RFC 7967: the client wants no response of this class; a CON is still acknowledged.
             if request.type is Type.CON:
@@ -415,10 +429,14 @@ class ServerDispatch:
         """When the server wants to run again: notifications due or owed (pacing), reassembly expiry."""
         if self._due:
             return -math.inf  # more of a fan-out to send, right after the next drain
+        if not self.observers and not self.reassembler:
+            return None  # the common case on a busy server: asked on every wake-up, answered cheaply
         deadlines = [d for d in (self.observers.next_deadline(), self.reassembler.next_deadline()) if d]
         return min(deadlines) if deadlines else None
 
     def on_timer(self, now: float) -> None:
+        if not self._due and not self.observers and not self.reassembler:
+            return
         self.reassembler.expire(now)
         if self._due or self.observers.next_deadline() is not None:
             self.send_due(now)

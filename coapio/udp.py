@@ -23,12 +23,13 @@ import math
 import socket
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import trio
 
 from .message import Message, Remote
 from .messagelayer import Event, MessageLayer
@@ -112,6 +113,22 @@ def _is_ipv4_literal(host: str) -> bool:
     return True
 
 
+_Primitives = tuple[Callable[[], float], Callable[..., Any], Callable[[socket.socket], Awaitable[None]]]
+
+
+def _primitives() -> _Primitives:
+    """The clock, cancel scope and readiness wait of the running backend, without anyio's wrappers.
+
+    anyio's versions add a layer per call on trio; on the socket task's loop that layer costs about as
+    much as handling a datagram, so under trio the task uses trio's own (which anyio wraps anyway).
+    """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # not in a trio run: asyncio, through anyio
+        return anyio.current_time, anyio.CancelScope, anyio.wait_readable
+    return trio.current_time, trio.CancelScope, trio.lowlevel.wait_readable
+
+
 class UDPEndpoint:
     """One bound UDP socket and its message layer; :meth:`run` is its socket task."""
 
@@ -140,7 +157,7 @@ class UDPEndpoint:
         )
         self._dispatch = dispatch
         self._on_network_error = on_network_error
-        self._sleep: anyio.CancelScope | None = None
+        self._sleep: Any = None  # the cancel scope of the socket task's wait (trio's or anyio's)
         self._backlog: list[tuple[bytes, Remote]] = []
         self.closed = False
         # Wildcard sockets: peer -> the pktinfo control data that makes replies leave from the address
@@ -225,40 +242,19 @@ class UDPEndpoint:
         """Serve the socket until cancelled; the socket is closed on the way out.
 
         Cancellation (the context's exit) ends the loop at its next wait; nothing is sent afterwards.
+
+        The wait sits in a cancel scope whose deadline is the next timer and which :meth:`wake` cancels.
+        Entering a scope costs more than handling a datagram, so one scope lasts across wake-ups: its
+        deadline is moved as timers come and go, and a new one is entered only after it fired.
         """
         sock = self.sock
-        layer = self.layer
-        receive = layer.receive
-        dispatch = self._dispatch
-        recvfrom = self._recv_with_destination if self.pktinfo else sock.recvfrom
+        now_of, cancel_scope, wait_readable = _primitives()
+        process = self._process
         task_status.started()
         try:
             while True:
-                now = anyio.current_time()
-                for _ in range(_DRAIN_BUDGET):
-                    try:
-                        data, remote = recvfrom(_MAX_DATAGRAM)
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        self._read_error_queue()
-                        continue
-                    events = receive(data, remote, now)
-                    for event in events:
-                        dispatch(self, event, now)
-                deadline = layer.next_deadline()
-                if deadline is not None and deadline <= now:
-                    for event in layer.on_timer(now):
-                        dispatch(self, event, now)
-                    deadline = layer.next_deadline()
-                if self._upper_timer is not None:
-                    upper = self._upper_timer(now)
-                    deadline = layer.next_deadline()  # what the upper layers just sent is timed too
-                    if upper is not None and (deadline is None or upper < deadline):
-                        deadline = upper
-                out = layer.datagrams_to_send()
-                if out:
-                    self._write(out)
+                now = now_of()
+                deadline = process(now)
                 if self._backlog:
                     await self._drain_backlog()
                     continue
@@ -267,14 +263,51 @@ class UDPEndpoint:
                     # which an already expired cancel scope would not do.
                     await anyio.lowlevel.checkpoint()
                     continue
-                with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as sleep:
+                with cancel_scope(deadline=math.inf if deadline is None else deadline) as sleep:
                     self._sleep = sleep
-                    await anyio.wait_readable(sock)
+                    while True:
+                        await wait_readable(sock)
+                        now = now_of()
+                        deadline = process(now)
+                        if self._backlog or (deadline is not None and deadline <= now):
+                            break
+                        sleep.deadline = math.inf if deadline is None else deadline
                 self._sleep = None
         finally:
             self.closed = True
             self._sleep = None
             sock.close()
+
+    def _process(self, now: float) -> float | None:
+        """One wake-up's work: drain the socket, run due timers, send; return the next deadline."""
+        layer = self.layer
+        receive = layer.receive
+        dispatch = self._dispatch
+        recvfrom = self._recv_with_destination if self.pktinfo else self.sock.recvfrom
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                data, remote = recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._read_error_queue()
+                continue
+            for event in receive(data, remote, now):
+                dispatch(self, event, now)
+        deadline = layer.next_deadline()
+        if deadline is not None and deadline <= now:
+            for event in layer.on_timer(now):
+                dispatch(self, event, now)
+            deadline = layer.next_deadline()
+        if self._upper_timer is not None:
+            upper = self._upper_timer(now)
+            deadline = layer.next_deadline()  # what the upper layers just sent is timed too
+            if upper is not None and (deadline is None or upper < deadline):
+                deadline = upper
+        out = layer.datagrams_to_send()
+        if out:
+            self._write(out)
+        return deadline
 
     def _recv_with_destination(self, size: int) -> tuple[bytes, Remote]:
         """``recvfrom`` that also notes which of our addresses the peer wrote to."""
