@@ -5,7 +5,8 @@
  * sockets (source ports); each answer immediately releases its slot for the next request. Single
  * threaded, epoll + recvmmsg, connected non-blocking sockets.
  *
- *   loadgen [-w W] [-k K] [-d SEC] [-W WARMUP] [-T TIMEOUT_MS] [-N] [-p a/b] [-P SERVER_PID] HOST PORT
+ *   loadgen [-w W] [-k K] [-d SEC] [-W WARMUP] [-T TIMEOUT_MS] [-N] [-p a/b] [-P SERVER_PID]
+ *           [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] HOST PORT
  *   loadgen --echo-server PORT     a canned-response "server" (self-test ceiling, not a CoAP server)
  *
  * Measurement: the run is WARMUP s of warm-up, then SEC s of measurement, then a drain of at most
@@ -20,9 +21,14 @@
  * message ID and socket and leaves the request waiting. Anything else counts as `unmatched` or `bad`.
  *
  * Message IDs: each socket starts at a random MID and increments it per request. RFC 7252 forbids
- * reusing a MID towards the same peer within EXCHANGE_LIFETIME (247 s), so after MID_ROTATE requests
- * a socket is retired (it still receives answers for its requests in flight) and a fresh socket, hence
- * a fresh source port, takes its place: no (port, MID) pair is ever used twice in one run.
+ * reusing a MID towards the same peer within EXCHANGE_LIFETIME (247 s), so after ROTATE requests
+ * (-R, default 60000) a socket is retired (it still receives answers for its requests in flight) and a
+ * fresh socket, hence a fresh source port, takes its place: no (port, MID) pair is ever used twice in
+ * one run. A small -R makes the load come "from many client ports" (the server-memory benchmark).
+ *
+ * -n TOTAL ends the run once TOTAL requests have been sent in all (warm-up included; the drain follows).
+ * --rss-at N1,N2,... reads the server's VmRSS (/proc/SERVER_PID/status, needs -P) when the N-th request
+ * has been completed (answered or lost), for each N: the "rss_at" field of the JSON.
  *
  * CPU: the generator's own CPU time (getrusage) and, with -P, the server's (/proc/PID/stat utime +
  * stime) are sampled at the start and end of the measurement window and reported as % of one core.
@@ -47,10 +53,10 @@
 #include <unistd.h>
 
 #define MAX_WINDOW 4096
-#define MAX_SOCKS 1024   /* live + retired sockets */
+#define MAX_SOCKS 65536  /* live + retired sockets in one run (each has its own source port) */
 #define HIST_US 2000000  /* 1-µs buckets up to 2 s; later answers go to the last bucket */
 #define BATCH 64
-#define MID_ROTATE 60000 /* requests per socket before it is replaced by a fresh one */
+#define MAX_MARKS 16     /* --rss-at points */
 
 struct sock {
     int fd;
@@ -70,7 +76,7 @@ struct slot {
 };
 
 static struct sock socks[MAX_SOCKS];
-static uint16_t ports[MAX_SOCKS]; /* source port of each socks[] entry (network order) */
+static uint8_t port_used[65536 / 8]; /* source ports used so far in this run (bitmap, host order) */
 static int port_retries;
 static int nsocks_total;         /* entries used in socks[] */
 static int *live;                /* live[i]: index in socks[] of the i-th active socket */
@@ -84,6 +90,11 @@ static double duration = 5.0, warmup = 1.0;
 static long timeout_ms = 1000;
 static const char *path = "";
 static long server_pid = 0;
+static long rotate = 60000;      /* requests per socket before it is replaced by a fresh one */
+static uint64_t total_limit = 0; /* -n: stop sending after this many requests (0: no limit) */
+static uint64_t marks[MAX_MARKS], completed_total;
+static long mark_rss_kb[MAX_MARKS];
+static int nmarks, next_mark;
 
 static uint64_t c_sent, c_ok, c_err, c_rst, c_lost, c_unmatched, c_bad, c_sockerr, c_acks;
 static uint64_t sent_total, sockets_opened;
@@ -111,7 +122,7 @@ static void die(const char *what) {
 
 static int open_socket(void) {
     if (nsocks_total >= MAX_SOCKS) {
-        fprintf(stderr, "loadgen: too many sockets (MID rotation); use a shorter run or more -k\n");
+        fprintf(stderr, "loadgen: too many sockets (MID rotation); use a shorter run or a larger -R\n");
         exit(2);
     }
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -123,19 +134,18 @@ static int open_socket(void) {
     struct sockaddr_in me;
     socklen_t len = sizeof me;
     if (getsockname(fd, (struct sockaddr *)&me, &len) < 0) die("getsockname");
-    for (int j = 0; j < nsocks_total; j++) {
-        if (ports[j] == me.sin_port) {
-            if (++port_retries > 1000) {
-                fprintf(stderr, "loadgen: cannot find an unused source port\n");
-                exit(2);
-            }
-            int again = open_socket(); /* keeps fd bound meanwhile, so the kernel picks another port */
-            close(fd);
-            return again;
+    uint16_t port = ntohs(me.sin_port);
+    if (port_used[port >> 3] & (1u << (port & 7))) {
+        if (++port_retries > 100000) {
+            fprintf(stderr, "loadgen: cannot find an unused source port (use a larger -R)\n");
+            exit(2);
         }
+        int again = open_socket(); /* keeps fd bound meanwhile, so the kernel picks another port */
+        close(fd);
+        return again;
     }
+    port_used[port >> 3] |= (uint8_t)(1u << (port & 7));
     int i = nsocks_total++;
-    ports[i] = me.sin_port;
     socks[i].fd = fd;
     socks[i].next_mid = (uint16_t)rnd();
     socks[i].used = 0;
@@ -197,7 +207,7 @@ static void issue(int idx, uint64_t t) {
     struct slot *sl = &slots[idx];
     int which = idx % nsock;
     int si = live[which];
-    if (socks[si].used >= MID_ROTATE) {
+    if (socks[si].used >= (uint32_t)rotate) {
         socks[si].retired = 1;
         int fresh = open_socket();
         if (socks[si].outstanding == 0) {
@@ -225,10 +235,22 @@ static void issue(int idx, uint64_t t) {
     if (send(s->fd, buf, n, 0) < 0) c_sockerr++; /* the slot times out and is counted lost */
 }
 
+static long proc_rss_kb(long pid);
+
+/* One more request finished (answered or lost): take the --rss-at readings that are due. */
+static void finished(void) {
+    completed_total++;
+    while (next_mark < nmarks && completed_total >= marks[next_mark])
+        mark_rss_kb[next_mark++] = proc_rss_kb(server_pid);
+}
+
+static int may_send(void) { return measuring < 2 && (total_limit == 0 || sent_total < total_limit); }
+
 static void complete(int idx, uint64_t t, int ok, int rst) {
     struct slot *sl = &slots[idx];
     sl->inflight = 0;
     release(sl->sock);
+    finished();
     if (sl->counted) {
         if (rst) c_rst++;
         else if (ok) c_ok++;
@@ -240,7 +262,7 @@ static void complete(int idx, uint64_t t, int ok, int rst) {
             if (us > lat_max) lat_max = us;
         }
     }
-    if (measuring < 2) issue(idx, t);
+    if (may_send()) issue(idx, t);
 }
 
 static int find_by_mid(int si, uint16_t mid) {
@@ -342,6 +364,22 @@ static double proc_cpu(long pid) {
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+static long proc_rss_kb(long pid) {
+    if (pid <= 0) return -1;
+    char fn[64], line[256];
+    snprintf(fn, sizeof fn, "/proc/%ld/status", pid);
+    FILE *f = fopen(fn, "r");
+    if (!f) return -1;
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kb = atol(line + 6);
+            break;
+        }
+    fclose(f);
+    return kb;
+}
+
 static uint64_t percentile(uint64_t total, double q) {
     if (total == 0) return 0;
     uint64_t rank = (uint64_t)(q * (double)total + 0.999999);
@@ -421,7 +459,7 @@ static void echo_server(int port, int payload) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen [-w W] [-k K] [-d SEC] [-W WARMUP_SEC] [-T TIMEOUT_MS] [-N] [-p PATH]\n"
-            "               [-P SERVER_PID] HOST PORT\n"
+            "               [-P SERVER_PID] [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] HOST PORT\n"
             "       loadgen --echo-server PORT [--payload BYTES]\n");
     exit(2);
 }
@@ -433,9 +471,10 @@ int main(int argc, char **argv) {
         {"timeout", required_argument, 0, 'T'},  {"non", no_argument, 0, 'N'},
         {"path", required_argument, 0, 'p'},     {"server-pid", required_argument, 0, 'P'},
         {"echo-server", required_argument, 0, 'E'}, {"payload", required_argument, 0, 'S'},
-        {0, 0, 0, 0}};
+        {"total", required_argument, 0, 'n'},    {"rotate", required_argument, 0, 'R'},
+        {"rss-at", required_argument, 0, 'M'},   {0, 0, 0, 0}};
     int echo_port = 0, payload = 136, c;
-    while ((c = getopt_long(argc, argv, "w:k:d:W:T:Np:P:", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "w:k:d:W:T:Np:P:n:R:", longopts, NULL)) != -1) {
         switch (c) {
         case 'w': window = atoi(optarg); break;
         case 'k': nsock = atoi(optarg); break;
@@ -447,14 +486,26 @@ int main(int argc, char **argv) {
         case 'P': server_pid = atol(optarg); break;
         case 'E': echo_port = atoi(optarg); break;
         case 'S': payload = atoi(optarg); break;
+        case 'n': total_limit = strtoull(optarg, NULL, 10); break;
+        case 'R': rotate = atol(optarg); break;
+        case 'M':
+            for (char *p = optarg; *p && nmarks < MAX_MARKS;) {
+                char *end;
+                unsigned long long v = strtoull(p, &end, 10);
+                if (end == p) usage();
+                marks[nmarks++] = v;
+                p = *end == ',' ? end + 1 : end;
+            }
+            break;
         default: usage();
         }
     }
     if (echo_port) echo_server(echo_port, payload < 0 || payload > 1400 ? 136 : payload);
     if (argc - optind != 2) usage();
     if (window < 1 || window > MAX_WINDOW || nsock < 1 || nsock > 256 || duration <= 0 || warmup < 0 ||
-        timeout_ms < 1) {
-        fprintf(stderr, "loadgen: bad arguments (1 <= W <= %d, 1 <= K <= 256)\n", MAX_WINDOW);
+        timeout_ms < 1 || rotate < 1 || rotate > 65536) {
+        fprintf(stderr, "loadgen: bad arguments (1 <= W <= %d, 1 <= K <= 256, 1 <= ROTATE <= 65536)\n",
+                MAX_WINDOW);
         return 2;
     }
     if (nsock > window) nsock = window;
@@ -485,7 +536,7 @@ int main(int argc, char **argv) {
         srv0 = proc_cpu(server_pid);
         w0 = t0;
     }
-    for (int i = 0; i < window; i++) issue(i, now_ns());
+    for (int i = 0; i < window && may_send(); i++) issue(i, now_ns());
 
     static uint8_t bufs[BATCH][1500];
     struct mmsghdr msgs[BATCH];
@@ -524,7 +575,7 @@ int main(int argc, char **argv) {
             cpu0 = self_cpu();
             srv0 = proc_cpu(server_pid);
             w0 = t;
-        } else if (measuring == 1 && t >= t_end) {
+        } else if (measuring == 1 && (t >= t_end || (total_limit && sent_total >= total_limit))) {
             measuring = 2;
             cpu1 = self_cpu();
             srv1 = proc_cpu(server_pid);
@@ -540,8 +591,9 @@ int main(int argc, char **argv) {
                 if (t - sl->sent_ns >= timeout_ns) {
                     sl->inflight = 0;
                     release(sl->sock);
+                    finished();
                     if (sl->counted) c_lost++;
-                    if (measuring < 2) issue(i, t);
+                    if (may_send()) issue(i, t);
                     else continue;
                 }
                 busy = 1;
@@ -560,7 +612,7 @@ int main(int argc, char **argv) {
            "\"empty_acks\": %llu, \"unmatched\": %llu, \"bad\": %llu, \"sockerr\": %llu, "
            "\"rps\": %.1f, \"p50_us\": %llu, \"p90_us\": %llu, \"p99_us\": %llu, \"max_us\": %llu, "
            "\"mean_us\": %.1f, \"loadgen_cpu_pct\": %.1f, \"server_cpu_pct\": %.1f, "
-           "\"response_bytes\": %ld, \"sockets_opened\": %llu, \"requests_total\": %llu}\n",
+           "\"response_bytes\": %ld, \"sockets_opened\": %llu, \"requests_total\": %llu",
            non ? "NON" : "CON", window, nsock, window_s, warmup, timeout_ms,
            (unsigned long long)c_sent, (unsigned long long)c_ok, (unsigned long long)c_err,
            (unsigned long long)c_rst, (unsigned long long)c_lost, (unsigned long long)c_acks,
@@ -572,5 +624,9 @@ int main(int argc, char **argv) {
            window_s > 0 ? 100.0 * (cpu1 - cpu0) / window_s : 0.0,
            (srv0 >= 0 && srv1 >= 0 && window_s > 0) ? 100.0 * (srv1 - srv0) / window_s : -1.0,
            resp_bytes, (unsigned long long)sockets_opened, (unsigned long long)sent_total);
+    printf(", \"completed_total\": %llu, \"rss_at\": [", (unsigned long long)completed_total);
+    for (int i = 0; i < nmarks; i++)
+        printf("%s[%llu, %ld]", i ? ", " : "", (unsigned long long)marks[i], i < next_mark ? mark_rss_kb[i] : -1L);
+    printf("]}\n");
     return 0;
 }
