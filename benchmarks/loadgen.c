@@ -5,7 +5,7 @@
  * sockets (source ports); each answer immediately releases its slot for the next request. Single
  * threaded, epoll + recvmmsg, connected non-blocking sockets.
  *
- *   loadgen [-w W] [-k K] [-d SEC] [-W WARMUP] [-T TIMEOUT_MS] [-N] [-p a/b] [-P SERVER_PID]
+ *   loadgen [-w W] [-k K] [-d SEC] [-W WARMUP] [-T TIMEOUT_MS] [-N] [-p a/b] [-P PID[,PID]]
  *           [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] HOST PORT
  *   loadgen --echo-server PORT     a canned-response "server" (self-test ceiling, not a CoAP server)
  *
@@ -27,11 +27,12 @@
  * one run. A small -R makes the load come "from many client ports" (the server-memory benchmark).
  *
  * -n TOTAL ends the run once TOTAL requests have been sent in all (warm-up included; the drain follows).
- * --rss-at N1,N2,... reads the server's VmRSS (/proc/SERVER_PID/status, needs -P) when the N-th request
- * has been completed (answered or lost), for each N: the "rss_at" field of the JSON.
+ * --rss-at N1,N2,... reads the server's VmRSS (/proc/PID/status, summed over -P's processes) when the
+ * N-th request has been completed (answered or lost), for each N: the "rss_at" field of the JSON.
  *
- * CPU: the generator's own CPU time (getrusage) and, with -P, the server's (/proc/PID/stat utime +
- * stime) are sampled at the start and end of the measurement window and reported as % of one core.
+ * CPU: the generator's own CPU time (getrusage) and, with -P PID[,PID...], the server's (/proc/PID/stat
+ * utime + stime, summed over its processes) are sampled at the start and end of the measurement window
+ * and reported as % of one core.
  *
  * Output: one JSON object on stdout.
  */
@@ -89,7 +90,9 @@ static int window = 16, nsock = 8, non = 0;
 static double duration = 5.0, warmup = 1.0;
 static long timeout_ms = 1000;
 static const char *path = "";
-static long server_pid = 0;
+#define MAX_PIDS 64
+static long server_pids[MAX_PIDS]; /* -P: the server's processes (several: SO_REUSEPORT workers) */
+static int npids;
 static long rotate = 60000;      /* requests per socket before it is replaced by a fresh one */
 static uint64_t total_limit = 0; /* -n: stop sending after this many requests (0: no limit) */
 static uint64_t marks[MAX_MARKS], completed_total;
@@ -235,13 +238,13 @@ static void issue(int idx, uint64_t t) {
     if (send(s->fd, buf, n, 0) < 0) c_sockerr++; /* the slot times out and is counted lost */
 }
 
-static long proc_rss_kb(long pid);
+static long servers_rss_kb(void);
 
 /* One more request finished (answered or lost): take the --rss-at readings that are due. */
 static void finished(void) {
     completed_total++;
     while (next_mark < nmarks && completed_total >= marks[next_mark])
-        mark_rss_kb[next_mark++] = proc_rss_kb(server_pid);
+        mark_rss_kb[next_mark++] = servers_rss_kb();
 }
 
 static int may_send(void) { return measuring < 2 && (total_limit == 0 || sent_total < total_limit); }
@@ -380,6 +383,27 @@ static long proc_rss_kb(long pid) {
     return kb;
 }
 
+/* The sums over the server's processes; -1 when one cannot be read (or there is none). */
+static double servers_cpu(void) {
+    double sum = 0;
+    for (int i = 0; i < npids; i++) {
+        double c = proc_cpu(server_pids[i]);
+        if (c < 0) return -1;
+        sum += c;
+    }
+    return npids ? sum : -1;
+}
+
+static long servers_rss_kb(void) {
+    long sum = 0;
+    for (int i = 0; i < npids; i++) {
+        long kb = proc_rss_kb(server_pids[i]);
+        if (kb < 0) return -1;
+        sum += kb;
+    }
+    return npids ? sum : -1;
+}
+
 static uint64_t percentile(uint64_t total, double q) {
     if (total == 0) return 0;
     uint64_t rank = (uint64_t)(q * (double)total + 0.999999);
@@ -459,7 +483,7 @@ static void echo_server(int port, int payload) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen [-w W] [-k K] [-d SEC] [-W WARMUP_SEC] [-T TIMEOUT_MS] [-N] [-p PATH]\n"
-            "               [-P SERVER_PID] [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] HOST PORT\n"
+            "               [-P PID[,PID...]] [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] HOST PORT\n"
             "       loadgen --echo-server PORT [--payload BYTES]\n");
     exit(2);
 }
@@ -483,7 +507,15 @@ int main(int argc, char **argv) {
         case 'T': timeout_ms = atol(optarg); break;
         case 'N': non = 1; break;
         case 'p': path = optarg; break;
-        case 'P': server_pid = atol(optarg); break;
+        case 'P':
+            for (char *p = optarg; *p && npids < MAX_PIDS;) {
+                char *end;
+                long v = strtol(p, &end, 10);
+                if (end == p) usage();
+                server_pids[npids++] = v;
+                p = *end == ',' ? end + 1 : end;
+            }
+            break;
         case 'E': echo_port = atoi(optarg); break;
         case 'S': payload = atoi(optarg); break;
         case 'n': total_limit = strtoull(optarg, NULL, 10); break;
@@ -533,7 +565,7 @@ int main(int argc, char **argv) {
     if (warmup == 0) {
         measuring = 1;
         cpu0 = self_cpu();
-        srv0 = proc_cpu(server_pid);
+        srv0 = servers_cpu();
         w0 = t0;
     }
     for (int i = 0; i < window && may_send(); i++) issue(i, now_ns());
@@ -573,12 +605,12 @@ int main(int argc, char **argv) {
         if (measuring == 0 && t >= t_win) {
             measuring = 1;
             cpu0 = self_cpu();
-            srv0 = proc_cpu(server_pid);
+            srv0 = servers_cpu();
             w0 = t;
         } else if (measuring == 1 && (t >= t_end || (total_limit && sent_total >= total_limit))) {
             measuring = 2;
             cpu1 = self_cpu();
-            srv1 = proc_cpu(server_pid);
+            srv1 = servers_cpu();
             w1 = t;
             t_drain_end = t + timeout_ns;
         }
