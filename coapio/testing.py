@@ -6,7 +6,7 @@ re-registration), so tests need a bad network that is cheap, local and reproduci
 
     async with Context(bind=[("127.0.0.1", 0)], site=site) as server:
         async with LossyRelay(server.local_addresses[0], loss=0.2, seed=1) as relay:
-            async with Context() as client:
+            async with Context(bind=[("127.0.0.1", 0)]) as client:
                 await client.get(relay.uri("hello"))
 
 Clients send to :attr:`LossyRelay.address`. Each client gets its own upstream socket, so the target sees
@@ -280,7 +280,7 @@ class LossyRelay:
     @property
     def address(self) -> tuple[str, int]:
         """Where clients send to: the relay's (host, port)."""
-        if self._front is None:
+        if self._front is None or self._front.fileno() == -1:
             raise RuntimeError("the relay is not running (use `async with LossyRelay(...)`)")
         name = self._front.getsockname()
         return str(name[0]), int(name[1])
@@ -299,8 +299,8 @@ class LossyRelay:
 
     @property
     def pending(self) -> int:
-        """Copies and held datagrams waiting in the timer heap."""
-        return len(self._heap)
+        """Delayed copies and held datagrams that have not gone out yet (O(n): for tests)."""
+        return sum(1 for _, _, flow, what in self._heap if isinstance(what, bytes) or flow.held is what)
 
     # --- the sockets' tasks ------------------------------------------------------------------------
 
