@@ -4,11 +4,18 @@ Run as a script to start one Python server in the foreground (the benchmark does
 pinned to one core)::
 
     python benchmarks/_servers.py coapio  --port 5683
+    python benchmarks/_servers.py coapio  --port 5683 --backend asyncio
+    python benchmarks/_servers.py coapio  --port 5683 --reuse-port      # one of N SO_REUSEPORT workers
     python benchmarks/_servers.py aiocoap --port 5683
     python benchmarks/_servers.py coapio  --port 5683 --cprofile /tmp/coapio.prof --seconds 8
 
 Every server answers GET ``/`` with :data:`PAYLOAD` (136 bytes, the size of libcoap's ``coap-server``
 index text, so that the three servers send datagrams of about the same size) on 127.0.0.1 only.
+
+The benchmark's server names: ``coapio`` (on trio), ``coapio-asyncio`` (the same site and Context under
+``anyio.run(..., backend="asyncio")``), ``aiocoap``, ``libcoap`` (``coap-server-notls``), and
+``coapio-workersN``: N processes of the ``coapio`` server, each with ``Context(reuse_port=True)``, the
+mechanism ``coapio-server --workers N`` uses (see :func:`start_workers`).
 """
 
 from __future__ import annotations
@@ -32,15 +39,26 @@ PAYLOAD_SIZE = 136
 PAYLOAD = (b"coapio benchmark resource; its payload is as long as libcoap's index text. " * 2)[:PAYLOAD_SIZE]
 
 HOST = "127.0.0.1"
-SERVERS = ("coapio", "aiocoap", "libcoap")
+SERVERS = ("coapio", "coapio-asyncio", "aiocoap", "libcoap")
+WORKERS_PREFIX = "coapio-workers"
+
+
+def worker_count(name: str) -> int | None:
+    """N for a server named ``coapio-workersN``, else None."""
+    if name.startswith(WORKERS_PREFIX) and name[len(WORKERS_PREFIX):].isdigit():
+        return int(name[len(WORKERS_PREFIX):])
+    return None
 
 
 # --- the Python servers (run in the child process) ----------------------------------------------------
 
 
-def run_coapio(port: int, seconds: float | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or for ``seconds``)."""
-    import trio
+def run_coapio(port: int, seconds: float | None = None, *, backend: str = "trio", reuse_port: bool = False,
+               announce: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT (or for ``seconds``), on trio or on asyncio (coapio is written against
+    anyio, so the same code runs on both). ``announce`` prints ``ready`` once the socket is bound, which
+    is how the benchmark knows every SO_REUSEPORT worker has joined the port's group."""
+    import anyio
 
     import coapio
     from coapio import Message, Resource, Site
@@ -53,13 +71,15 @@ def run_coapio(port: int, seconds: float | None = None) -> None:
     site.add("", Hello())
 
     async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with coapio.Context(bind=[(HOST, port)], site=site):
-                with trio.move_on_after(math.inf if seconds is None else seconds):
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with coapio.Context(bind=[(HOST, port)], site=site, reuse_port=reuse_port):
+                if announce:
+                    print("ready", flush=True)
+                with anyio.move_on_after(math.inf if seconds is None else seconds):
                     async for _ in signals:
                         break
 
-    trio.run(main)
+    anyio.run(main, backend=backend)
 
 
 def run_aiocoap(port: int, seconds: float | None = None) -> None:
@@ -107,8 +127,17 @@ def _serve_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cprofile", metavar="FILE", help="profile with cProfile, dump stats to FILE")
     parser.add_argument("--seconds", type=float, help="stop after this many seconds")
+    parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio", help="coapio only")
+    parser.add_argument("--reuse-port", action="store_true", help="coapio only: SO_REUSEPORT")
+    parser.add_argument("--announce", action="store_true", help="coapio only: print 'ready' when bound")
     args = parser.parse_args(argv)
-    run = run_coapio if args.server == "coapio" else run_aiocoap
+
+    def run(port: int, seconds: float | None) -> None:
+        if args.server == "aiocoap":
+            run_aiocoap(port, seconds)
+        else:
+            run_coapio(port, seconds, backend=args.backend, reuse_port=args.reuse_port,
+                       announce=args.announce)
     if args.cprofile:
         import cProfile
 
@@ -139,9 +168,12 @@ def server_command(name: str, port: int) -> list[str]:
         if exe is None:
             raise FileNotFoundError("libcoap's coap-server-notls (or coap-server) is not on PATH")
         return [exe, "-A", HOST, "-p", str(port)]
+    me = [sys.executable, os.path.abspath(__file__)]
     if name in ("coapio", "aiocoap"):
-        return [sys.executable, os.path.abspath(__file__), name, "--port", str(port)]
-    raise ValueError(f"unknown server {name!r} (choose from {', '.join(SERVERS)})")
+        return [*me, name, "--port", str(port)]
+    if name == "coapio-asyncio":
+        return [*me, "coapio", "--port", str(port), "--backend", "asyncio"]
+    raise ValueError(f"unknown server {name!r} (choose from {', '.join(SERVERS)}, {WORKERS_PREFIX}N)")
 
 
 def pinned(command: list[str], cpu: int | None) -> list[str]:
@@ -166,6 +198,43 @@ def start_server(name: str, port: int, cpu: int | None) -> subprocess.Popen[byte
 
 
 _logs: dict[int, IO[bytes]] = {}
+
+
+def start_workers(count: int, port: int, cpus: Sequence[int | None], *,
+                  timeout: float = 15.0) -> list[subprocess.Popen[bytes]]:
+    """``count`` coapio server processes sharing ``port`` with SO_REUSEPORT, worker i on ``cpus[i]``.
+
+    This is what ``coapio-server --workers N`` does (one ``Context(reuse_port=True)`` per process; the
+    kernel hashes each client address to one of them), with the benchmark's site instead of the demo's,
+    so that one worker is the ``coapio`` row's server. Returns once every worker has bound the port (each
+    prints ``ready``): until then the kernel would hash some clients to a group that lacks a worker.
+    """
+    import select
+
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (kept open for server_log(); see close_logs())
+    _logs[port] = log
+    command = [sys.executable, os.path.abspath(__file__), "coapio", "--port", str(port), "--reuse-port",
+               "--announce"]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(count):
+            procs.append(subprocess.Popen(
+                pinned(command, cpus[i]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                start_new_session=True,
+            ))
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            line = proc.stdout.readline() if ready else b""
+            if line.strip() != b"ready":
+                raise RuntimeError(f"a worker did not start (status {proc.poll()}):\n{server_log(port)}")
+            proc.stdout.close()  # it prints nothing more
+        return procs
+    except BaseException:
+        for proc in procs:
+            stop(proc)
+        raise
 
 
 def close_logs() -> None:
@@ -216,10 +285,19 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, *, timeout: float = 15.
 
 def max_rss_mb(pid: int) -> float | None:
     """The process's peak resident set size (VmHWM), in MiB; None when /proc has no answer."""
+    return _status_kb(pid, "VmHWM:")
+
+
+def rss_mb(pid: int) -> float | None:
+    """The process's current resident set size (VmRSS), in MiB; None when /proc has no answer."""
+    return _status_kb(pid, "VmRSS:")
+
+
+def _status_kb(pid: int, field: str) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -1,12 +1,22 @@
 """Server throughput: coapio, aiocoap and libcoap's ``coap-server-notls`` under the same load, in one run.
 
-Run as ``python benchmarks/server_throughput.py [--duration 5]`` (or ``nox -s bench -- --duration 5``).
+Run as ``python benchmarks/server_throughput.py [--duration 5]`` (``benchmarks/suite.py`` runs it with
+everything else).
+
+Servers (``--servers``): ``coapio`` (trio), ``coapio-asyncio`` (the same site and Context on asyncio,
+through anyio), ``aiocoap`` and ``libcoap``; ``--workers 1,2`` adds ``coapio-workers1`` and
+``coapio-workers2``: 1 and 2 processes of the ``coapio`` server sharing the port with SO_REUSEPORT
+(``Context(reuse_port=True)``, what ``coapio-server --workers N`` runs), measured under the CON load.
 
 Each server runs as its own process on 127.0.0.1 (a free port), pinned to CPU 0 with ``taskset`` when
-it exists and the machine has two or more CPUs; the load generator runs pinned to CPU 1. The load is a
-closed loop of CON GET ``/`` requests, ``--window`` (16) in flight spread over ``--sockets`` (8) client
-ports, every answer immediately replaced by a new request. Every server answers with a 136-byte payload
-(libcoap's index text; the Python servers send a payload of the same size).
+it exists and the machine has two or more CPUs; the load generator runs pinned to CPU 1. Workers are
+pinned one per CPU (worker i to CPU i mod the CPU count) and the generator is left unpinned: pinning it
+would put it on one worker's core and starve that worker, while unpinned the scheduler gives it whatever
+either core has to spare. The 1-worker row uses the same rule (worker on CPU 0, generator unpinned),
+so the two differ in nothing but the number of workers. The load is a closed loop of GET ``/`` requests
+(``--loads``: CON, NON, or both in one run), ``--window`` (16) in flight spread over ``--sockets`` (8)
+client ports, every answer immediately replaced by a new request. Every server answers with a 136-byte
+payload (libcoap's index text; the Python servers send a payload of the same size).
 
 The load generator is ``benchmarks/loadgen.c``, compiled at run time with ``cc -O2`` into a temporary
 directory (a C compiler is required). It warms up for ``--warmup`` s, measures for ``--duration`` s, and
@@ -95,38 +105,38 @@ def children_cpu_seconds() -> float:
 
 
 @contextlib.contextmanager
-def other_cpu(result: dict[str, Any], server_pid: int) -> Iterator[None]:
+def other_cpu(result: dict[str, Any], server_pids: Sequence[int]) -> Iterator[None]:
     """Measure CPU used by processes other than the server and the generator during the block."""
-    busy0, srv0, kids0, t0 = (system_busy_seconds(), _servers.cpu_seconds(server_pid),
+    busy0, srv0, kids0, t0 = (system_busy_seconds(), servers_cpu_seconds(server_pids),
                               children_cpu_seconds(), time.monotonic())
     yield
-    busy1, srv1, kids1, t1 = (system_busy_seconds(), _servers.cpu_seconds(server_pid),
+    busy1, srv1, kids1, t1 = (system_busy_seconds(), servers_cpu_seconds(server_pids),
                               children_cpu_seconds(), time.monotonic())
     ours = (kids1 - kids0) + ((srv1 - srv0) if srv0 is not None and srv1 is not None else 0.0)
     result["other_cpu_pct"] = max(0.0, 100.0 * ((busy1 - busy0) - ours) / (t1 - t0))
 
 
-def run_loadgen(exe: Path, port: int, server_pid: int, args: argparse.Namespace,
-                cpu: int | None) -> dict[str, Any]:
+def run_loadgen(exe: Path, port: int, server_pids: Sequence[int], args: argparse.Namespace,
+                cpu: int | None, load: str) -> dict[str, Any]:
     cmd = [str(exe), "-w", str(args.window), "-k", str(args.sockets), "-d", str(args.duration),
-           "-W", str(args.warmup), "-T", str(args.timeout_ms), "-P", str(server_pid)]
-    if args.non:
+           "-W", str(args.warmup), "-T", str(args.timeout_ms), "-P", ",".join(map(str, server_pids))]
+    if load == "NON":
         cmd.append("-N")
     cmd += [_servers.HOST, str(port)]
     result: dict[str, Any] = {}
-    with other_cpu(result, server_pid):
+    with other_cpu(result, server_pids):
         out = _run_json(_servers.pinned(cmd, cpu), args.warmup + args.duration + args.timeout_ms / 1000 + 30)
     out.update(result)
     return out
 
 
-def run_coapload(exe: str, port: int, server_pid: int, args: argparse.Namespace,
-                 cpu: int | None) -> dict[str, Any]:
+def run_coapload(exe: str, port: int, server_pids: Sequence[int], args: argparse.Namespace,
+                 cpu: int | None, load: str) -> dict[str, Any]:
     """The independent ``coapload``: a warm-up run, then a measured one (CPU measured from outside)."""
     def command(seconds: float) -> list[str]:
         cmd = [exe, "-w", str(args.window), "-k", str(args.sockets), "-d", str(seconds),
                "-T", str(args.timeout_ms), "--drain", str(args.timeout_ms / 1000), "--json"]
-        if args.non:
+        if load == "NON":
             cmd.append("-N")
         return _servers.pinned([*cmd, _servers.HOST, str(port)], cpu)
 
@@ -134,15 +144,26 @@ def run_coapload(exe: str, port: int, server_pid: int, args: argparse.Namespace,
     if args.warmup > 0:
         _run_json(command(args.warmup), budget)
     result: dict[str, Any] = {}
-    srv0, kids0, t0 = _servers.cpu_seconds(server_pid), children_cpu_seconds(), time.monotonic()
-    with other_cpu(result, server_pid):
+    srv0, kids0, t0 = servers_cpu_seconds(server_pids), children_cpu_seconds(), time.monotonic()
+    with other_cpu(result, server_pids):
         out = _run_json(command(args.duration), budget)
-    srv1, kids1, t1 = _servers.cpu_seconds(server_pid), children_cpu_seconds(), time.monotonic()
+    srv1, kids1, t1 = servers_cpu_seconds(server_pids), children_cpu_seconds(), time.monotonic()
     out["generator"] = "coapload"
     out["loadgen_cpu_pct"] = 100.0 * (kids1 - kids0) / (t1 - t0)
     out["server_cpu_pct"] = 100.0 * (srv1 - srv0) / (t1 - t0) if srv0 is not None and srv1 is not None else -1
     out.update(result)
     return out
+
+
+def servers_cpu_seconds(pids: Sequence[int]) -> float | None:
+    """utime + stime summed over the server's processes; None when one of them cannot be read."""
+    total = 0.0
+    for pid in pids:
+        seconds = _servers.cpu_seconds(pid)
+        if seconds is None:
+            return None
+        total += seconds
+    return total
 
 
 def _run_json(cmd: list[str], timeout: float) -> dict[str, Any]:
@@ -160,28 +181,50 @@ def _run_json(cmd: list[str], timeout: float) -> dict[str, Any]:
 # --- one server ---------------------------------------------------------------------------------------
 
 
-def measure(name: str, generate: Any, args: argparse.Namespace, server_cpu: int | None,
-            gen_cpu: int | None, echo_exe: Path | None = None) -> dict[str, Any]:
+def measure(name: str, load: str, generate: Any, pin: bool,
+            echo_exe: Path | None = None) -> dict[str, Any]:
+    """Start server ``name``, run the load against it, stop it; one result row."""
     port = _servers.free_udp_port()
-    if name == "echo":
-        assert echo_exe is not None
-        proc = subprocess.Popen(
-            _servers.pinned([str(echo_exe), "--echo-server", str(port),
-                             "--payload", str(_servers.PAYLOAD_SIZE)], server_cpu),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    else:
-        proc = _servers.start_server(name, port, server_cpu)
+    workers = _servers.worker_count(name)
+    cpus = os.cpu_count() or 1
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        _servers.wait_ready(proc, port)
-        result = generate(port, proc.pid)
-        result["rss_mb"] = _servers.max_rss_mb(proc.pid)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} server died during the run:\n{_servers.server_log(port)}")
+        if workers is not None:
+            # One worker per CPU; the generator floats (see the module docstring).
+            gen_cpu = None
+            pinning = (f"worker i on CPU i mod {cpus}, generator unpinned" if pin else "not pinned")
+            procs = _servers.start_workers(workers, port, [i % cpus if pin else None for i in range(workers)])
+        else:
+            server_cpu, gen_cpu = (0, 1) if pin else (None, None)
+            pinning = "server on CPU 0, generator on CPU 1" if pin else "not pinned"
+            if name == "echo":
+                assert echo_exe is not None
+                procs = [subprocess.Popen(
+                    _servers.pinned([str(echo_exe), "--echo-server", str(port),
+                                     "--payload", str(_servers.PAYLOAD_SIZE)], server_cpu),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )]
+            else:
+                procs = [_servers.start_server(name, port, server_cpu)]
+        _servers.wait_ready(procs[0], port)
+        pids = [proc.pid for proc in procs]
+        each0, t0 = [_servers.cpu_seconds(pid) for pid in pids], time.monotonic()
+        result = generate(port, pids, gen_cpu, load)
+        each1, t1 = [_servers.cpu_seconds(pid) for pid in pids], time.monotonic()
+        peaks = [_servers.max_rss_mb(pid) for pid in pids]
+        result["rss_mb"] = None if None in peaks else sum(p for p in peaks if p is not None)
+        if workers is not None:
+            # Over the whole generator run (warm-up included): how evenly the kernel spread the clients.
+            result["worker_cpu_pct"] = [None if a is None or b is None else round(100 * (b - a) / (t1 - t0))
+                                        for a, b in zip(each0, each1, strict=True)]
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} server died during the run:\n{_servers.server_log(port)}")
     finally:
-        _servers.stop(proc)
-    result["server"] = name
+        for proc in procs:
+            _servers.stop(proc)
+    result.update(server=name, load=load, pinning=pinning)
     return result
 
 
@@ -202,10 +245,15 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Ratios of one load's rows: coapio against aiocoap and libcoap, asyncio against trio, 2 workers
+    against 1 (requests/s: higher is better for the first; p99: lower is better)."""
+    pairs = [("coapio", "aiocoap"), ("coapio", "libcoap"), ("coapio-asyncio", "coapio")]
+    workers = sorted(n for n in (_servers.worker_count(name) for name in results) if n is not None)
+    prefix = _servers.WORKERS_PREFIX
+    pairs += [(f"{prefix}{n}", f"{prefix}{workers[0]}") for n in workers[1:]]
     out: dict[str, dict[str, float]] = {}
-    mine = results.get("coapio")
-    for other in ("aiocoap", "libcoap"):
-        theirs = results.get(other)
+    for mine_name, other in pairs:
+        mine, theirs = results.get(mine_name), results.get(other)
         if mine is None or theirs is None or "error" in mine or "error" in theirs:
             continue
         r: dict[str, float] = {}
@@ -213,37 +261,43 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
             r["rps"] = mine["rps"] / theirs["rps"]
         if theirs.get("p99_us"):
             r["p99"] = mine["p99_us"] / theirs["p99_us"]
-        out[f"coapio/{other}"] = r
+        out[f"{mine_name}/{other}"] = r
     return out
 
 
 def warnings_for(results: Sequence[dict[str, Any]]) -> list[str]:
     notes = []
     for r in results:
+        label = f"{r['server']} {r.get('load', '')}".rstrip()
         if "error" in r:
-            notes.append(f"ERROR: {r['server']}: {r['error']}")
+            notes.append(f"ERROR: {label}: {r['error']}")
             continue
         gen = r.get("loadgen_cpu_pct", 0.0)
         srv = r.get("server_cpu_pct", -1.0)
+        workers = _servers.worker_count(r["server"]) or 1
         if r["server"] == "echo":
             python = [x["rps"] for x in results if x["server"] in ("coapio", "aiocoap") and "error" not in x]
             factor = f", {r['rps'] / max(python):.1f}x the fastest Python server" if python else ""
             notes.append(f"self-test: the generator drove {r['rps']:,.0f} req/s against a do-nothing C "
                          f"responder{factor}, using {gen:.0f} % of a core")
         elif gen > GENERATOR_CPU_WARNING:
-            notes.append(f"WARNING: {r['server']}: the load generator used {gen:.0f} % of a core: "
+            notes.append(f"WARNING: {label}: the load generator used {gen:.0f} % of a core: "
                          "its figures may be limited by the generator, not the server")
-        elif 0 <= srv < 80 and r["server"] != "echo":
-            notes.append(f"note: {r['server']}: neither the server ({srv:.0f} %) nor the generator "
-                         f"({gen:.0f} %) used a whole core: the window may be too small to saturate it")
+        elif 0 <= srv < 80 * workers:
+            notes.append(f"note: {label}: neither the server ({srv:.0f} %) nor the generator "
+                         f"({gen:.0f} %) used a whole core each: the window may be too small to saturate it, "
+                         "or the machine is busy")
+        if r.get("worker_cpu_pct"):
+            notes.append(f"{label}: CPU % of each worker (whole run): "
+                         + ", ".join("-" if x is None else str(x) for x in r["worker_cpu_pct"]))
         if r.get("other_cpu_pct", 0.0) > OTHER_CPU_NOTE:
-            notes.append(f"note: {r['server']}: other processes used {r['other_cpu_pct']:.0f} % of a core "
+            notes.append(f"note: {label}: other processes used {r['other_cpu_pct']:.0f} % of a core "
                          "during the run (a shared machine): figures may be low and noisy")
         if r.get("runs"):
             spread = ", ".join(f"{x:,.0f}" for x in r["rps_all"])
-            notes.append(f"{r['server']}: median of {r['runs']} runs; req/s of each: {spread}")
+            notes.append(f"{label}: median of {r['runs']} runs; req/s of each: {spread}")
         if r.get("lost"):
-            notes.append(f"note: {r['server']}: {r['lost']} requests lost (unanswered after the timeout)")
+            notes.append(f"note: {label}: {r['lost']} requests lost (unanswered after the timeout)")
     return notes
 
 
@@ -255,40 +309,41 @@ def fmt(value: Any, spec: str) -> str:
 
 def print_table(results: Sequence[dict[str, Any]], args: argparse.Namespace, pinning: str,
                 generator: str) -> None:
-    kind = "NON" if args.non else "CON"
-    print(f"server throughput: {kind} GET /, {args.window} in flight over {args.sockets} client ports, "
+    print(f"server throughput: GET /, {args.window} in flight over {args.sockets} client ports, "
           f"{args.duration:g} s measured after {args.warmup:g} s warm-up, timeout {args.timeout_ms} ms"
           + (f", median of {args.repeat} runs" if args.repeat > 1 else ""))
     print(f"generator: {generator}; {pinning}; {platform.python_implementation()} "
           f"{platform.python_version()}, {os.cpu_count()} CPUs")
-    header = ["server", "req/s", "p50 ms", "p99 ms", "lost", "server CPU %", "loadgen CPU %", "RSS MB",
-              "resp B"]
+    header = ["load", "server", "req/s", "p50 ms", "p99 ms", "lost", "server CPU %", "loadgen CPU %",
+              "other CPU %", "RSS MB", "resp B"]
     rows = [header]
     for r in results:
         if "error" in r:
-            rows.append([r["server"], "failed", *["-"] * (len(header) - 2)])
+            rows.append([r.get("load", "-"), r["server"], "failed", *["-"] * (len(header) - 3)])
             continue
         resp = r.get("response_bytes")
         rows.append([
-            r["server"], fmt(r.get("rps"), ",.0f"), fmt(r.get("p50_us", 0) / 1000, ".3f"),
+            r["load"], r["server"], fmt(r.get("rps"), ",.0f"), fmt(r.get("p50_us", 0) / 1000, ".3f"),
             fmt(r.get("p99_us", 0) / 1000, ".3f"), str(r.get("lost", "-")),
             fmt(r.get("server_cpu_pct"), ".0f"), fmt(r.get("loadgen_cpu_pct"), ".0f"),
-            fmt(r.get("rss_mb"), ".1f"), fmt(resp, "d") if isinstance(resp, int) else "-",
+            fmt(r.get("other_cpu_pct"), ".0f"), fmt(r.get("rss_mb"), ".1f"),
+            fmt(resp, "d") if isinstance(resp, int) else "-",
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for n, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
                         enumerate(zip(row, widths, strict=True))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
-    by_name = {r["server"]: r for r in results}
-    for label, r in ratios(by_name).items():
-        parts = []
-        if "rps" in r:
-            parts.append(f"req/s {r['rps']:.2f}x")
-        if "p99" in r:
-            parts.append(f"p99 {r['p99']:.2f}x")
-        print(f"{label}: {', '.join(parts)}")
+    for load in args.loads:
+        by_name = {r["server"]: r for r in results if r.get("load") == load}
+        for label, r in ratios(by_name).items():
+            parts = []
+            if "rps" in r:
+                parts.append(f"req/s {r['rps']:.2f}x")
+            if "p99" in r:
+                parts.append(f"p99 {r['p99']:.2f}x")
+            print(f"{load} {label}: {', '.join(parts)}")
     for note in warnings_for(results):
         print(note)
 
@@ -304,9 +359,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds, not measured (1)")
     parser.add_argument("--window", type=int, default=16, help="requests in flight (16)")
     parser.add_argument("--sockets", type=int, default=8, help="client ports the window is spread over (8)")
-    parser.add_argument("--servers", default="coapio,aiocoap,libcoap",
-                        help="comma-separated subset of coapio,aiocoap,libcoap (all)")
-    parser.add_argument("--non", action="store_true", help="NON requests instead of CON")
+    parser.add_argument("--servers", default=",".join(_servers.SERVERS),
+                        help=f"comma-separated subset of {','.join(_servers.SERVERS)} (all)")
+    parser.add_argument("--workers", default="",
+                        help="comma-separated worker counts to measure under CON, e.g. 1,2 (none)")
+    parser.add_argument("--loads", default="CON,NON", help="CON, NON or CON,NON (both, the default)")
+    parser.add_argument("--non", action="store_true", help="the same as --loads NON")
     parser.add_argument("--timeout-ms", type=int, default=1000,
                         help="a request unanswered this long is lost (no retransmission; 1000)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -322,13 +380,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = [s for s in names if s not in _servers.SERVERS]
-    if unknown or not names:
-        parser.error(f"--servers: unknown {', '.join(unknown) or '(none given)'}; "
-                     f"choose from {','.join(_servers.SERVERS)}")
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(unknown)}; choose from {','.join(_servers.SERVERS)}")
     args.server_names = names
+    try:
+        args.worker_counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--workers: comma-separated whole numbers")
+    args.loads = ["NON"] if args.non else [x.strip().upper() for x in args.loads.split(",") if x.strip()]
+    if not args.loads or any(x not in ("CON", "NON") for x in args.loads):
+        parser.error("--loads: CON, NON or CON,NON")
+    if not names and not args.worker_counts:
+        parser.error("nothing to measure: give --servers and/or --workers")
     if (args.window < 1 or args.sockets < 1 or args.duration <= 0 or args.warmup < 0 or args.timeout_ms < 1
-            or args.repeat < 1):
-        parser.error("--window, --sockets, --duration, --timeout-ms and --repeat must be positive")
+            or args.repeat < 1 or any(n < 1 for n in args.worker_counts)):
+        parser.error("--window, --sockets, --duration, --timeout-ms, --repeat and --workers must be positive")
     return args
 
 
@@ -336,13 +402,25 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
 
 
+def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(load, server) pairs in measuring order; workers only under the CON load (their target's)."""
+    pairs = []
+    for load in args.loads:
+        names = list(args.server_names)
+        if args.self_test:
+            names.insert(0, "echo")
+        if load == "CON" or args.loads == ["NON"]:
+            names += [f"{_servers.WORKERS_PREFIX}{n}" for n in args.worker_counts]
+        pairs += [(load, name) for name in names]
+    return pairs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-    server_cpu, gen_cpu = (0, 1) if pin else (None, None)
-    pinning = ("server pinned to CPU 0, generator to CPU 1 (taskset)" if pin
-               else "not pinned (no taskset, a single CPU, or --no-pin)")
+    pinning = ("server pinned to CPU 0, generator to CPU 1 (taskset); workers one per CPU, generator "
+               "unpinned" if pin else "not pinned (no taskset, a single CPU, or --no-pin)")
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="coapio-bench-") as tmp:
@@ -355,46 +433,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"--external-coapload: {coapload} is not an executable (build it with make)")
             generator = f"coapload ({coapload})"
 
-            def generate(port: int, pid: int) -> dict[str, Any]:
-                return run_coapload(coapload, port, pid, args, gen_cpu)
+            def generate(port: int, pids: list[int], cpu: int | None, load: str) -> dict[str, Any]:
+                return run_coapload(coapload, port, pids, args, cpu, load)
         else:
             assert exe is not None
             generator = "benchmarks/loadgen.c (cc -O2)"
 
-            def generate(port: int, pid: int) -> dict[str, Any]:
-                return run_loadgen(exe, port, pid, args, gen_cpu)
+            def generate(port: int, pids: list[int], cpu: int | None, load: str) -> dict[str, Any]:
+                return run_loadgen(exe, port, pids, args, cpu, load)
 
-        names = list(args.server_names)
-        if args.self_test:
-            names.insert(0, "echo")
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        pairs = plan(args)
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {pair: [] for pair in pairs}
         try:
             for round_ in range(args.repeat):  # rounds interleave the servers: drifts hit all alike
-                for name in names:
-                    if runs[name] and "error" in runs[name][-1]:
+                for load, name in pairs:
+                    if runs[load, name] and "error" in runs[load, name][-1]:
                         continue
                     if not args.json:
-                        print(f"measuring {name} ({round_ + 1}/{args.repeat}) ...",
+                        print(f"measuring {name} {load} ({round_ + 1}/{args.repeat}) ...",
                               file=sys.stderr, flush=True)
                     try:
-                        runs[name].append(measure(name, generate, args, server_cpu, gen_cpu, echo_exe=exe))
+                        runs[load, name].append(measure(name, load, generate, pin, echo_exe=exe))
                     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                         # One server failing (libcoap not installed, a crash) must not hide the others.
-                        runs[name].append({"server": name, "error": f"{type(e).__name__}: {e}"})
+                        runs[load, name].append({"server": name, "load": load,
+                                                 "error": f"{type(e).__name__}: {e}"})
         finally:
             _servers.close_logs()
-        results = [median_run(runs[name]) for name in names]
+        results = [median_run(runs[pair]) for pair in pairs]
 
     if args.json:
         print(json.dumps({
             "config": {
-                "type": "NON" if args.non else "CON", "window": args.window, "sockets": args.sockets,
+                "loads": args.loads, "window": args.window, "sockets": args.sockets,
                 "duration_s": args.duration, "warmup_s": args.warmup, "timeout_ms": args.timeout_ms,
-                "repeat": args.repeat, "pinned": pin, "generator": generator,
+                "repeat": args.repeat, "pinned": pin, "pinning": pinning, "generator": generator,
                 "python": platform.python_version(), "cpus": os.cpu_count(),
             },
             "results": results,
-            "ratios": ratios({r["server"]: r for r in results}),
+            "ratios": {load: ratios({r["server"]: r for r in results if r.get("load") == load})
+                       for load in args.loads},
             "warnings": warnings_for(results),
         }))
     else:
