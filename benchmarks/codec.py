@@ -1,6 +1,6 @@
 """Micro-benchmark of the CoAP-over-UDP codec: coapio against aiocoap, in one run.
 
-Run as ``python benchmarks/codec.py [--repeat N]``. Prints µs per message (the median of several
+Run as ``python benchmarks/codec.py [--repeat N] [--json]``. Prints µs per message (the median of several
 ``timeit`` repeats) and the ratio aiocoap / coapio, for two messages:
 
 * a typical GET request: CON, 4-byte token, Uri-Path "sensors"/"temp", Uri-Query "unit=c";
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import platform
 import statistics
 import sys
@@ -80,39 +81,27 @@ def per_call_us(func: Callable[[], object], repeat: int) -> float:
     return statistics.median(timer.repeat(repeat=repeat, number=number)) / number * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7, help="timeit repeats per figure (median)")
-    args = parser.parse_args()
-
+def measure(repeat: int) -> tuple[str | None, list[dict[str, Any]]]:
+    """aiocoap's version (None when it is not installed) and one row per message and operation."""
     try:
         import aiocoap
 
-        aiocoap_version = importlib.metadata.version("aiocoap")
+        aiocoap_version: str | None = importlib.metadata.version("aiocoap")
     except ImportError:
-        aiocoap, aiocoap_version = None, "not installed"
+        aiocoap, aiocoap_version = None, None
 
     cases = [
         ("GET request", coapio_request(), read_request),
         ("2.05 ACK + 4 options", coapio_response(), read_response),
     ]
-    print(
-        f"Python {platform.python_version()} ({platform.python_implementation()}), {sys.platform}; "
-        f"aiocoap {aiocoap_version}"
-    )
-    print()
-    header = (
-        f"{'message':<22} {'operation':<24} {'bytes':>5} {'coapio µs':>10} {'aiocoap µs':>11} {'ratio':>7}"
-    )
-    print(header)
-    print("-" * len(header))
+    rows = []
     for name, msg, read in cases:
         data = msg.encode()
         theirs = aiocoap_message(msg) if aiocoap else None
         if theirs is not None:
             assert theirs.encode() == data, "both libraries must encode the same bytes"
         decode = aiocoap.Message.decode if aiocoap else None
-        rows: list[tuple[str, Callable[[], object], Callable[[], object] | None]] = [
+        ops: list[tuple[str, Callable[[], object], Callable[[], object] | None]] = [
             (
                 "decode (coapio: lazy)",
                 partial(Message.decode, data),
@@ -125,16 +114,38 @@ def main() -> None:
             ),
             ("encode", msg.encode, theirs and theirs.encode),
         ]
-        for operation, ours, other in rows:
-            ours_us = per_call_us(ours, args.repeat)
-            if other is None:
-                print(f"{name:<22} {operation:<24} {len(data):>5} {ours_us:>10.2f} {'-':>11} {'-':>7}")
-                continue
-            other_us = per_call_us(other, args.repeat)
-            print(
-                f"{name:<22} {operation:<24} {len(data):>5} {ours_us:>10.2f} {other_us:>11.2f} "
-                f"{other_us / ours_us:>6.1f}x"
-            )
+        for operation, ours, other in ops:
+            ours_us = per_call_us(ours, repeat)
+            other_us = None if other is None else per_call_us(other, repeat)
+            rows.append({"message": name, "operation": operation, "bytes": len(data), "coapio_us": ours_us,
+                         "aiocoap_us": other_us, "ratio": None if other_us is None else other_us / ours_us})
+    return aiocoap_version, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="timeit repeats per figure (median)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args()
+    aiocoap_version, rows = measure(args.repeat)
+    if args.json:
+        print(json.dumps({"python": platform.python_version(), "aiocoap": aiocoap_version, "results": rows}))
+        return
+    print(
+        f"Python {platform.python_version()} ({platform.python_implementation()}), {sys.platform}; "
+        f"aiocoap {aiocoap_version or 'not installed'}"
+    )
+    print()
+    header = (
+        f"{'message':<22} {'operation':<24} {'bytes':>5} {'coapio µs':>10} {'aiocoap µs':>11} {'ratio':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        other = "-" if r["aiocoap_us"] is None else f"{r['aiocoap_us']:.2f}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.1f}x"
+        print(f"{r['message']:<22} {r['operation']:<24} {r['bytes']:>5} {r['coapio_us']:>10.2f} {other:>11} "
+              f"{ratio:>7}")
     print()
     print("ratio = aiocoap time / coapio time (higher: coapio faster). Median of timeit repeats.")
     print("coapio's plain decode defers option parsing; 'decode + read options' is the like-for-like row.")
