@@ -233,6 +233,18 @@ class Context:
             dedup_entries=sum(e.layer.dedup_entries for e in self._endpoints),
         )
 
+    @property
+    def limit_hits(self) -> dict[str, int]:
+        """How often each configured bound was reached (see :class:`TransportTuning`), by its name.
+
+        The bounds are logged at most once per ``limit_log_interval``; these counts are exact.
+        """
+        hits = dict(self.server.limits.hits)
+        for endpoint in self._endpoints:
+            for name, count in endpoint.layer.limits.hits.items():
+                hits[name] = hits.get(name, 0) + count
+        return hits
+
     # --- client API --------------------------------------------------------------------------------
 
     async def request(

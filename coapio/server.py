@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 
 from . import error
+from ._limits import LimitLog
 from .blockwise import Block1Reassembler, Complete, Continue, segment_response
 from .codes import Code, Type
 from .echo import EchoGuard
@@ -97,6 +98,11 @@ class ServerDispatch:
         self.tuning = tuning
         self.task_group: anyio.abc.TaskGroup | None = None
         self.incoming: dict[tuple[bytes, Remote], _ServerExchange] = {}
+        # Async handlers started and not yet finished, in total and per client (the handler bounds).
+        self._running = 0
+        self._running_per_peer: dict[Remote, int] = {}
+        #: The bounds this server reached (counts by name), logged at most once per interval.
+        self.limits = LimitLog(log, tuning.limit_log_interval)
         self.reassembler = Block1Reassembler(
             max_body=tuning.max_body_size,
             max_total=tuning.max_reassembly_bytes,
@@ -145,6 +151,8 @@ class ServerDispatch:
                 try:
                     result = self.reassembler.feed(request, now)
                 except error.RenderableError as e:
+                    if isinstance(e, error.ServiceUnavailable | error.RequestEntityTooLarge):
+                        self.limits.hit("block-wise reassembly", now, "%s from %r", e, request.remote)
                     return self._respond(endpoint, request, error_response(e), now)
                 if isinstance(result, Continue):
                     return self._respond(endpoint, request, result.response, now)
@@ -180,6 +188,12 @@ class ServerDispatch:
             return self._respond(endpoint, request, self.echo.challenge(request, now), now)
         if handler.is_async:
             assert self.task_group is not None
+            remote = request.remote
+            per_peer = self._running_per_peer.get(remote, 0)
+            if self._running >= self.tuning.max_handlers or per_peer >= self.tuning.max_handlers_per_peer:
+                return self._overloaded(endpoint, request, now, per_peer)
+            self._running += 1
+            self._running_per_peer[remote] = per_peer + 1
             self.task_group.start_soon(
                 self._run_async, endpoint, handler, request, rest, complete, name="coapio handler"
             )
@@ -193,6 +207,19 @@ class ServerDispatch:
         self._finish(endpoint, request, resource, response, complete, now)
         return None
 
+    def _overloaded(self, endpoint: UDPEndpoint, request: Message, now: float, per_peer: int) -> None:
+        """At a handler bound: 5.03 with Max-Age for a CON request (RFC 7252 §5.9.3.4), nothing for a NON."""
+        if per_peer >= self.tuning.max_handlers_per_peer:
+            self.limits.hit("max_handlers_per_peer", now, "%d handlers running for %r", per_peer,
+                            request.remote)
+        else:
+            self.limits.hit("max_handlers", now, "%d handlers running", self._running)
+        if request.type is Type.NON:
+            return
+        response = Message(code=Code.SERVICE_UNAVAILABLE, payload=b"too many requests in progress")
+        response.opt.max_age = self.tuning.overload_max_age
+        self._respond(endpoint, request, response, now)
+
     @staticmethod
     def _render_sync(handler: Handler, request: Message) -> Message:
         try:
@@ -203,6 +230,19 @@ class ServerDispatch:
     async def _run_async(self, endpoint: UDPEndpoint, handler: Handler, request: Message,
                          rest: tuple[str, ...], complete: Complete | None) -> None:
         """An async renderer in its own cancel scope; loss of interest cancels it and sends nothing."""
+        try:
+            await self._run_async_counted(endpoint, handler, request, rest, complete)
+        finally:
+            self._running -= 1
+            remote = request.remote
+            left = self._running_per_peer[remote] - 1
+            if left:
+                self._running_per_peer[remote] = left
+            else:
+                del self._running_per_peer[remote]
+
+    async def _run_async_counted(self, endpoint: UDPEndpoint, handler: Handler, request: Message,
+                                 rest: tuple[str, ...], complete: Complete | None) -> None:
         key = (request.token, request.remote)
         exchange = _ServerExchange(request)
         previous = self.incoming.get(key)
@@ -284,7 +324,10 @@ class ServerDispatch:
             return
         observer = self.observers.register(resource, request, now)
         if observer is None:
-            return  # refused (limits): the response goes without Observe, which §4.1 allows
+            # Refused (limits): the response goes without Observe, which §4.1 allows.
+            self.limits.hit("max_observers", now, "%d observers; registration from %r refused",
+                            len(self.observers), request.remote)
+            return
         key = (request.remote, request.token)
         self._observer_endpoint[key] = endpoint
         resource._servers.add(self)

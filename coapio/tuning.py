@@ -58,6 +58,17 @@ class TransportTuning:
     #: Observe (RFC 7641): the server's bounds on observers; more registrations get plain responses.
     max_observers: int = attrs.field(default=10_000, validator=_at_least_one)
     max_observers_per_resource: int = attrs.field(default=1_000, validator=_at_least_one)
+    #: Server handlers (async renderers) running at once, in total and for one client; beyond them a
+    #: CON request is answered 5.03 Service Unavailable with Max-Age ``overload_max_age`` and a NON
+    #: request is dropped. Plain (``def``) renderers run inline and never accumulate.
+    max_handlers: int = attrs.field(default=1_000, validator=_at_least_one)
+    max_handlers_per_peer: int = attrs.field(default=64, validator=_at_least_one)
+    overload_max_age: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    #: Datagrams held by a socket task while the kernel's send buffer is full; beyond, new ones are
+    #: dropped (CON messages are retransmitted; the rest is UDP's usual loss).
+    max_send_backlog: int = attrs.field(default=4_096, validator=_at_least_one)
+    #: How often, at most, a log line says that one of these bounds was reached (they are counted always).
+    limit_log_interval: float = attrs.field(default=60.0, validator=_positive)
     #: Echo (RFC 9175 §2): answer a response more than three times the request's size to a peer that
     #: has not proven its address with 4.01 + Echo first (amplification mitigation, §2.4); and how old
     #: an Echo value may be to count as fresh for resources that require freshness (§2.3).
