@@ -20,6 +20,7 @@ Typical driving loop (what the runtime's socket task does)::
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import random
 from collections import OrderedDict, deque
@@ -28,6 +29,7 @@ from typing import Any
 
 import attrs
 
+from ._limits import LimitLog
 from .codes import Code, Type
 from .error import CoapError, MessageFormatError, MessageIdsExhausted, WireAction
 from .message import Message, Remote
@@ -46,6 +48,8 @@ __all__ = [
     "Stats",
     "TimedOut",
 ]
+
+log = logging.getLogger(__name__)
 
 
 # --- events --------------------------------------------------------------------------------------------
@@ -119,6 +123,8 @@ class Stats:
     resets_sent: int = 0
     resets_received: int = 0
     dedup_evicted: int = 0
+    #: Datagrams dropped because the socket task's send backlog was full (``max_send_backlog``).
+    send_dropped: int = 0
 
 
 #: Tables are keyed by (peer, message ID); the ID is typed optional only because Message.mid is.
@@ -232,6 +238,8 @@ class MessageLayer:
         self.recognized_options = recognized_options
         self.expects_response = expects_response
         self.stats = Stats()
+        #: The bounds this layer reached (counts by name), logged at most once per interval.
+        self.limits = LimitLog(log, self.tuning.limit_log_interval)
         self._rng = rng or random.Random()
         self._out: list[tuple[bytes, Remote]] = []
         # Received CON / NON by (remote, mid), insertion-ordered = expiry-ordered (one lifetime each).
@@ -303,7 +311,9 @@ class MessageLayer:
             return []
         peer = self._peers.get(remote)
         if peer is not None:
+            # The peer answers: PROBING_RATE (§4.7) no longer applies, nor does a hold it imposed.
             peer.unanswered_since = None
+            peer.next_probe_at = 0.0
         mtype = msg.type
         if mtype is Type.ACK:
             return self._receive_ack(msg, now)
@@ -715,7 +725,7 @@ class MessageLayer:
             self._purge_expired(now)
         tuning = self.tuning
         if len(con) + len(non) >= tuning.max_dedup_entries or self._dedup_bytes > tuning.max_dedup_bytes:
-            self._evict_oldest()
+            self._evict_oldest(now)
         if is_con:
             entry = con[key] = _Received(now + self._con_lifetime)
         else:
@@ -736,7 +746,7 @@ class MessageLayer:
                 self._forget(oldest)
         self._purge_at = purge_at
 
-    def _evict_oldest(self) -> None:
+    def _evict_oldest(self, now: float) -> None:
         """Forget the oldest entries until the cache is a little under its bounds.
 
         A little under (1/256 of the entry bound): a server at its bound evicts a batch now and then
@@ -758,6 +768,9 @@ class MessageLayer:
                 table = con or non
             self._forget(table.popitem(last=False)[1])
             self.stats.dedup_evicted += 1
+        # Early: a late duplicate of what was just forgotten would be processed again.
+        self.limits.hit("max_dedup", now, "%d entries, %d bytes; forgetting the oldest early",
+                        len(con) + len(non), self._dedup_bytes)
 
     def _set_reply(self, entry: _Received, reply: bytes) -> None:
         if entry.live:

@@ -211,7 +211,7 @@ class UDPEndpoint:
 
     def _write(self, out: list[tuple[bytes, Remote]]) -> None:
         if self._backlog:
-            self._backlog.extend(out)
+            self._hold(out)
             return
         sendto = self.sock.sendto
         sources = self._sources
@@ -223,13 +223,30 @@ class UDPEndpoint:
                 else:
                     self.sock.sendmsg([data], [source], 0, remote)
             except BlockingIOError:
-                self._backlog.extend(out[i:])
+                self._hold(out[i:])
                 if self._sleep is not None:
                     self._sleep.cancel()  # let the socket task wait for writability
                 return
             except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    # A local queue dropped the datagram (IP_RECVERR makes Linux say so): it is lost,
+                    # as on the wire, and retransmission repairs it; the peer is not unreachable.
+                    self.layer.stats.send_dropped += 1
+                    continue
                 # A send error concerns one peer (unreachable, bad address): fail its exchanges only.
                 self._network_error(remote, e)
+
+    def _hold(self, out: list[tuple[bytes, Remote]]) -> None:
+        """Keep datagrams for when the socket is writable again, up to ``max_send_backlog``."""
+        backlog = self._backlog
+        room = self.layer.tuning.max_send_backlog - len(backlog)
+        if len(out) > room:
+            dropped = len(out) - max(room, 0)
+            out = out[:max(room, 0)]
+            self.layer.stats.send_dropped += dropped
+            self.layer.limits.hit("max_send_backlog", anyio.current_time(),
+                                  "the send buffer is full; %d datagrams dropped", dropped)
+        backlog.extend(out)
 
     def _network_error(self, remote: Remote, error: OSError) -> None:
         if log.isEnabledFor(logging.DEBUG):

@@ -14,8 +14,8 @@ How the link is impaired (the mechanism is printed and recorded as the ``impairm
   drops the given share of UDP datagrams, and a second one mirrors a share into a spare interface's
   ingress (``action mirred``), which duplicates them. Both need only iproute2 and cls_bpf, clsact and
   act_mirred in the kernel. Drops happen on ingress: an egress drop is reported to a sender with
-  IP_RECVERR as ENOBUFS (see the xfail test below). Reordering needs a delay, which only netem gives, so
-  the reordering case is skipped without it.
+  IP_RECVERR as ENOBUFS, which coapio counts as a lost datagram (see the test below). Reordering needs
+  a delay, which only netem gives, so the reordering case is skipped without it.
 
 Timing: RFC 7252's clock runs 20 times faster, on both sides, through ``TransportTuning``: ACK_TIMEOUT
 0.1 s instead of 2 s and PROBING_RATE 20 bytes/s instead of 1 (the first request after a give-up may wait
@@ -385,11 +385,6 @@ def test_blockwise_transfers_over_a_lossy_link_arrive_intact(
     })
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: with IP_RECVERR set, Linux reports a datagram dropped by the local egress path (full "
-    "qdisc, policer) as ENOBUFS from sendto; UDPEndpoint._write treats that as the peer being "
-    "unreachable and fails every exchange towards it with NetworkError instead of retransmitting"
-))
 def test_a_datagram_dropped_by_the_local_queue_is_retransmitted(link: Link) -> None:
     try:
         link.drop_outgoing("client", share=1.0)
@@ -402,10 +397,6 @@ def test_a_datagram_dropped_by_the_local_queue_is_retransmitted(link: Link) -> N
     assert took >= tuning.ack_timeout * 31 - 0.01
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: MessageLayer clears unanswered_since when the peer answers but keeps next_probe_at, so "
-    "the PROBING_RATE hold of an unresponsive spell that has ended delays the first request of the next one"
-))
 def test_probing_rate_hold_ends_when_the_peer_answers() -> None:
     """Found by the lossy-link test above (a request after a second give-up waited for the hold paid for
     the probe after the first); shown here on the sans-IO layer with explicit times."""

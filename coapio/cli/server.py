@@ -376,6 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_keyboard_interrupt(e):  # Ctrl-C before the signal handler was installed
             return EXIT_INTERRUPTED
         raise
+    finally:
+        if argv is None:
+            # The server has stopped; one more Ctrl-C during the interpreter's own shutdown (joining
+            # threads) would print "Exception ignored ... KeyboardInterrupt". Let it end the process
+            # quietly instead, the default way.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 if __name__ == "__main__":
