@@ -1,8 +1,9 @@
 """coapio: a trio-native, structured-concurrency CoAP stack.
 
 The public API is what ``__all__`` lists, plus the modules :mod:`coapio.error`, :mod:`coapio.uri`,
-:mod:`coapio.linkformat` and :mod:`coapio.messagelayer` (the sans-IO RFC 7252 message layer). Every
-other name may change between releases.
+:mod:`coapio.linkformat`, :mod:`coapio.messagelayer` (the sans-IO RFC 7252 message layer) and
+:mod:`coapio.testing` (a seeded lossy link for tests and benchmarks). Every other name may change between
+releases.
 """
 
 from .codes import Code, Type

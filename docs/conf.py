@@ -75,6 +75,7 @@ PUBLIC_MODULES = [
     "coapio.message",
     "coapio.messagelayer",
     "coapio.options",
+    "coapio.testing",
     "coapio.tuning",
     "coapio.uri",
 ]
