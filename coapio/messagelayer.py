@@ -33,7 +33,7 @@ from ._limits import LimitLog
 from .codes import Code, Type
 from .error import CoapError, MessageFormatError, MessageIdsExhausted, WireAction
 from .message import Message, Remote
-from .options import KNOWN_OPTIONS
+from .options import KNOWN_OPTIONS, OptionNumber
 from .tuning import TransportTuning
 
 __all__ = [
@@ -609,12 +609,14 @@ class MessageLayer:
         """First transmission: allocate the ID, encode, and start whatever the message's type needs."""
         is_con = message.type is Type.CON
         if message.mid is None:
-            message.mid = self._allocate_mid(
-                peer, now, tuning.exchange_lifetime if is_con else tuning.non_lifetime
-            )
+            if tuning is self.tuning:  # the derived lifetimes are properties: use the cached ones
+                lifetime = self._con_lifetime if is_con else self._non_lifetime
+            else:
+                lifetime = tuning.exchange_lifetime if is_con else tuning.non_lifetime
+            message.mid = self._allocate_mid(peer, now, lifetime)
         data = message.encode()
         self._out.append((data, message.remote))
-        is_request = message.code.is_request()
+        is_request = 0 < message.code < 32
         if peer.unanswered_since is not None and now - peer.unanswered_since >= tuning.ack_timeout:
             peer.next_probe_at = now + len(data) / tuning.probing_rate
         if is_con:
@@ -634,8 +636,9 @@ class MessageLayer:
                 peer.non_requests[message.token] = nonreq
                 self._push(nonreq.deadline, nonreq)
                 peer.outstanding += 1
-            if is_request or message.opt.observe is not None:
-                self._track_non(message, now, tuning.non_lifetime)
+            if is_request or OptionNumber.OBSERVE in message.opt:
+                self._track_non(message, now, self._non_lifetime if tuning is self.tuning
+                                else tuning.non_lifetime)
         if (is_con or is_request) and peer.unanswered_since is None:
             peer.unanswered_since = now
 
