@@ -45,16 +45,13 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Codec micro-benchmarks, server throughput of coapio, aiocoap and libcoap, observe fan-out and
-    block-wise GET of coapio against aiocoap.
+    """Every performance figure of issue 5 in one run, and its targets met or not: ``benchmarks/suite.py``.
 
-    Arguments after ``--`` go to ``benchmarks/server_throughput.py`` (e.g. ``-- --duration 10 --json``).
-    The throughput benchmark needs a C compiler (cc) and libcoap's ``coap-server-notls`` for its row.
-    ``observe_fanout.py`` (1,000 and 10,000 observers) and ``blockwise_get.py`` (1 MiB through Block2)
-    take about 30 s each; run them directly for their options.
+    About 10 minutes on 2 cores. Arguments after ``--`` go to the suite: ``-- --quick`` (a smoke run of
+    about a minute), ``-- --markdown``, ``-- --only server,client``, ``-- --save run.json``,
+    ``-- --write-doc docs/performance.md``. Needs a C compiler (cc) for the load generator, libcoap's
+    ``coap-server-notls`` (Debian: libcoap3-bin) and ``taskset``; aiocoap comes with the test extra. A
+    missing peer shows as n/a in the table. Every script in ``benchmarks/`` also runs on its own.
     """
     session.install("-e", ".[test]")
-    session.run("python", "benchmarks/codec.py")
-    session.run("python", "benchmarks/server_throughput.py", *session.posargs)
-    session.run("python", "benchmarks/observe_fanout.py")
-    session.run("python", "benchmarks/blockwise_get.py")
+    session.run("python", "benchmarks/suite.py", *session.posargs)
