@@ -153,7 +153,12 @@ def segment_response(request: Message, response: Message, *, max_szx: int = 6) -
         block = BlockValue(0, False, max_szx)
     else:
         _check_szx(asked, "Block2")
-        block = asked.reduced(max_szx) if asked.szx > max_szx else BlockValue(asked.num, False, asked.szx)
+        if asked.szx > max_szx:
+            if asked.num << (asked.szx - max_szx) >= 1 << 20:  # not even a block number at our size
+                raise BadRequest(f"block {asked.num} is past the end of the {len(body)}-byte body")
+            block = asked.reduced(max_szx)
+        else:
+            block = BlockValue(asked.num, False, asked.szx)
         if block.start >= len(body) and block.num:
             raise BadRequest(f"block {asked.num} is past the end of the {len(body)}-byte body")
     chunk, more = block_window(body, block)

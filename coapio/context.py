@@ -497,7 +497,13 @@ class Context:
         if kind is RequestReceived:
             message = event.message
             message.local = endpoint.local_address_of_last_datagram() if endpoint.pktinfo else endpoint.local
-            self.server.serve(endpoint, message, now)
+            try:
+                self.server.serve(endpoint, message, now)
+            except Exception:
+                # A bug of ours must cost one request, not the socket task and every exchange on it.
+                log.exception("internal error serving %r", message)
+                if endpoint.layer.unanswered(message):
+                    endpoint.layer.respond(message, Message(code=Code.INTERNAL_SERVER_ERROR), now)
             return
         message = event.message
         pipe = self.tokens.pipe_for(message)

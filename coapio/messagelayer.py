@@ -459,6 +459,10 @@ class MessageLayer:
         response.mid = None
         self._transmit(self._peer(request.remote, now), response, self.tuning, now)
 
+    def unanswered(self, request: Message) -> bool:
+        """Whether a CON request is still waiting for its piggy-backed response (or empty ACK)."""
+        return (request.remote, request.mid) in self._awaiting
+
     def acknowledge(self, request: Message, now: float) -> None:
         """Acknowledge a CON request with an empty ACK now, if not done yet (its response goes separate)."""
         key = (request.remote, request.mid)

@@ -539,3 +539,23 @@ async def test_ctrl_c_in_a_socket_task_comes_out_as_keyboard_interrupt() -> None
         async with Context(bind=[LOCAL], site=site) as server, Context(bind=[LOCAL]) as client:
             with trio.fail_after(5):
                 await client.get(uri(server, "ki"))
+
+
+async def test_an_internal_error_costs_one_request_not_the_endpoint(
+    server: tuple[Context, Counting, Slow], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx, counting, _ = server
+    real_serve = ctx.server.serve
+
+    def broken_once(endpoint: object, request: Message, now: float) -> None:
+        monkeypatch.setattr(ctx.server, "serve", real_serve)
+        raise ValueError("a bug in the dispatcher")
+
+    monkeypatch.setattr(ctx.server, "serve", broken_once)
+    async with Context(bind=[LOCAL]) as client:
+        with trio.fail_after(5):
+            first = await client.get(uri(ctx, "count"))
+            second = await client.get(uri(ctx, "count"))
+    assert first.code == Code.INTERNAL_SERVER_ERROR
+    assert second.code == Code.CONTENT and counting.calls == 1
+    assert "internal error serving" in caplog.text
