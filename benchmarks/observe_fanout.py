@@ -488,7 +488,9 @@ def run_one(library: str, observers: int, args: argparse.Namespace, pin: bool) -
     row.update(
         register_s=out["register_s"], expected=expected, renders=srv["renders"],
         server_rate=srv["renders"] / span if span > 0 else None,
-        server_cpu_pct=100 * srv["cpu"] / span if span > 0 else None,
+        # The CPU time is read at the start and the end of the rounds, so divide by that span.
+        server_cpu_pct=(100 * srv["cpu"] / (srv["done"] - srv["first"])
+                        if srv.get("done") and srv.get("first") and srv["done"] > srv["first"] else None),
         received=out["received"], failed=out["failed"], rounds_timed_out=srv["rounds_timed_out"],
     )
     if out["last"] and out["received"]:
