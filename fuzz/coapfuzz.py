@@ -34,6 +34,7 @@ __all__ = [
     "known_bug",
     "main",
     "mutate",
+    "option_chunks",
     "parse",
 ]
 
@@ -406,7 +407,6 @@ def known_bug(data: bytes, block_szx: int) -> str | None:
     return None
 
 
-
 def bad_critical_option(options: Sequence[tuple[int, bytes]]) -> int | None:
     """The first critical option a coapio server must refuse (§5.4.1, §5.4.3, §5.4.5), or None."""
     previous = -1
@@ -503,10 +503,6 @@ class ServerModel:
         #: (peer, token) of every request served with an Observe option: all a notification may go to.
         self.observing: set[tuple[object, bytes]] = set()
 
-    def forget_peer(self, remote: object) -> None:
-        self._con = {k: v for k, v in self._con.items() if k[0] != remote}
-        self._non = {k for k in self._non if k[0] != remote}
-
     def expect(self, data: bytes, remote: object) -> Expectation:
         msg = parse(data)
         if isinstance(msg, Rejected):
@@ -538,7 +534,7 @@ class ServerModel:
         return expectation
 
     def learn(self, expectation: Expectation, sent: list[bytes], remote: object) -> None:
-        """Remember the reply to a first CON, which the server must repeat for its duplicates."""
+        """Note what ``sent`` answered (a duplicate CON must get the same) and who may be observing now."""
         msg = expectation.message
         if msg is None:
             return
