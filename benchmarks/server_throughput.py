@@ -10,13 +10,16 @@ through anyio), ``aiocoap`` and ``libcoap``; ``--workers 1,2`` adds ``coapio-wor
 
 Each server runs as its own process on 127.0.0.1 (a free port), pinned to CPU 0 with ``taskset`` when
 it exists and the machine has two or more CPUs; the load generator runs pinned to CPU 1. Workers are
-pinned one per CPU (worker i to CPU i mod the CPU count) and the generator is left unpinned: pinning it
-would put it on one worker's core and starve that worker, while unpinned the scheduler gives it whatever
-either core has to spare. The 1-worker row uses the same rule (worker on CPU 0, generator unpinned),
-so the two differ in nothing but the number of workers. The load is a closed loop of GET ``/`` requests
-(``--loads``: CON, NON, or both in one run), ``--window`` (16) in flight spread over ``--sockets`` (8)
-client ports, every answer immediately replaced by a new request. Every server answers with a 136-byte
-payload (libcoap's index text; the Python servers send a payload of the same size).
+pinned one per CPU (worker i to CPU i mod the CPU count); with two or more the generator is left
+unpinned: pinning it would put it on one worker's core and starve that worker, while unpinned the
+scheduler gives it whatever either core has to spare. The 1-worker row is pinned like every other
+server (worker on CPU 0, generator on CPU 1): the best one process can do is the baseline, so the ratio
+of N workers to one is not flattered by a handicapped baseline.
+
+The load is a closed loop of GET ``/`` requests (``--loads``: CON, NON, or both in one run),
+``--window`` (16) in flight spread over ``--sockets`` (8) client ports, every answer immediately
+replaced by a new request. Every server answers with a 136-byte payload (libcoap's index text; the
+Python servers send a payload of the same size).
 
 The load generator is ``benchmarks/loadgen.c``, compiled at run time with ``cc -O2`` into a temporary
 directory (a C compiler is required). It warms up for ``--warmup`` s, measures for ``--duration`` s, and
@@ -190,9 +193,10 @@ def measure(name: str, load: str, generate: Any, pin: bool,
     procs: list[subprocess.Popen[bytes]] = []
     try:
         if workers is not None:
-            # One worker per CPU; the generator floats (see the module docstring).
-            gen_cpu = None
-            pinning = (f"worker i on CPU i mod {cpus}, generator unpinned" if pin else "not pinned")
+            # One worker per CPU; with more than one, the generator floats (see the module docstring).
+            gen_cpu = 1 if pin and workers == 1 else None
+            pinning = ("not pinned" if not pin else "worker on CPU 0, generator on CPU 1" if workers == 1
+                       else f"worker i on CPU i mod {cpus}, generator unpinned")
             procs = _servers.start_workers(workers, port, [i % cpus if pin else None for i in range(workers)])
         else:
             server_cpu, gen_cpu = (0, 1) if pin else (None, None)
@@ -419,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-    pinning = ("server pinned to CPU 0, generator to CPU 1 (taskset); workers one per CPU, generator "
+    pinning = ("server pinned to CPU 0, generator to CPU 1 (taskset); 2+ workers one per CPU, generator "
                "unpinned" if pin else "not pinned (no taskset, a single CPU, or --no-pin)")
 
     results: list[dict[str, Any]] = []
