@@ -438,16 +438,22 @@ def render_absolute(steps: dict[str, Any], markdown: bool) -> list[str]:
         rows = []
         for r in server["results"]:
             if "error" in r:
-                rows.append([r.get("load", "-"), r["server"], "failed", *["-"] * 7])
+                rows.append([r.get("load", "-"), r["server"], "failed", *["-"] * 8])
                 continue
-            rows.append([r["load"], r["server"], _fmt(r["rps"], ",.0f"), _fmt(r["p50_us"] / 1000, ".3f"),
+            cpu = r.get("server_cpu_pct")
+            per_cpu = r["rps"] / (cpu / 100) if cpu and cpu > 0 else None
+            rows.append([r["load"], r["server"], _fmt(r["rps"], ",.0f"), _fmt(per_cpu, ",.0f"),
+                         _fmt(r["p50_us"] / 1000, ".3f"),
                          _fmt(r["p99_us"] / 1000, ".3f"), str(r.get("lost", "-")),
                          _fmt(r.get("server_cpu_pct"), ".0f"), _fmt(r.get("loadgen_cpu_pct"), ".0f"),
                          _fmt(r.get("other_cpu_pct"), ".0f"), _fmt(r.get("rss_mb"), ".1f")])
-        out.append(table(["load", "server", "req/s", "p50 ms", "p99 ms", "lost", "server CPU %",
+        out.append(table(["load", "server", "req/s", "req per server CPU-s", "p50 ms", "p99 ms", "lost",
+                          "server CPU %",
                           "loadgen CPU %", "other CPU %", "peak RSS MB"], rows, markdown,
                          numeric=lambda i: i > 1))
-        out.append(f"Pinning: {cfg.get('pinning', '-')}. Generator: {cfg['generator']}.")
+        out.append(f"Pinning: {cfg.get('pinning', '-')}. Generator: {cfg['generator']}. "
+                   "req per server CPU-s = req/s / server CPU: the rate per core-second actually used, "
+                   "less sensitive to a busy machine than req/s.")
     memory = d("memory")
     if memory:
         out.append(heading("Server memory: VmRSS after N requests from fresh client ports", markdown))
