@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar, overload
 import attrs
 
 from ._enums import unnamed_member
+from .error import BadOption
 
 __all__ = [
     "BlockValue",
@@ -190,6 +191,9 @@ class BlockValue:
 
     @classmethod
     def decode(cls, raw: bytes) -> BlockValue:
+        """Parse a Block1/Block2 value; raise :class:`~coapio.error.BadOption` unless it has 0-3 bytes."""
+        if len(raw) > 3:
+            raise BadOption(f"a Block option value has at most 3 bytes (RFC 7959 §2.2), not {len(raw)}")
         v = decode_uint(raw)
         return cls(v >> 4, bool(v & 8), v & 7)
 
@@ -484,9 +488,13 @@ class Options:
 
     @property
     def max_age_or_default(self) -> int:
-        """Max-Age with RFC 7252 §5.10.5's default of 60 seconds when absent."""
-        value = self.max_age
-        return 60 if value is None else value
+        """Max-Age with RFC 7252 §5.10.5's default of 60 seconds when absent.
+
+        A value longer than the option's 4 bytes is malformed; like any unrecognized elective option
+        (§5.4.1, §5.4.3) it is ignored, so the default applies.
+        """
+        raw = self.get(OptionNumber.MAX_AGE)
+        return 60 if raw is None or len(raw) > 4 else decode_uint(raw)
 
 
 def _to_raw(number: int, value: OptionValue) -> bytes:
