@@ -251,7 +251,12 @@ def server_log(port: int) -> str:
 
 
 def probe(port: int, *, timeout: float = 0.3) -> bool:
-    """One CON GET ``/``; True when a 2.05 piggy-backed response with our token comes back."""
+    """One CON GET ``/``; True when a 2.05 response with our token comes back.
+
+    A CoAP ping from the server (an empty CON: a server checking that we receive at our address before
+    it sends a response much larger than the request, RFC 9175 §2.4) is answered with a Reset, as any
+    CoAP endpoint does. An empty ACK (a separate response follows) is waited through.
+    """
     token = os.urandom(8)
     mid = int.from_bytes(os.urandom(2), "big")
     request = bytes((0x48, 0x01, mid >> 8, mid & 0xFF)) + token
@@ -262,11 +267,33 @@ def probe(port: int, *, timeout: float = 0.3) -> bool:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 data = s.recv(2048)
-                if len(data) >= 12 and data[0] == 0x68 and data[1] == 0x45 and data[4:12] == token:
+                if len(data) == 4 and data[0] == 0x40 and data[1] == 0:  # ping: Reset it
+                    s.sendto(bytes((0x70, 0, data[2], data[3])), (HOST, port))
+                    continue
+                if len(data) >= 12 and data[0] & 0x0F == 8 and data[1] == 0x45 and data[4:12] == token:
+                    if data[0] >> 4 == 0x5:  # a separate CON response: acknowledge it
+                        s.sendto(bytes((0x60, 0, data[2], data[3])), (HOST, port))
                     return True
         except OSError:  # timeout, or ICMP port unreachable (not listening yet)
             return False
     return False
+
+
+def error_line(stderr: str, default: str = "failed") -> str:
+    """The line of a child's stderr that names its exception: the last ``SomeError: ...`` line (one
+    inside an exception group rather than the group's), with the group traceback's ``|`` and ``+``
+    stripped; else the last line."""
+    lines = [line.strip(" |+-\t") for line in stderr.splitlines()]
+    lines = [line for line in lines if line]
+
+    def exception_name(line: str) -> str:
+        name = line.split(":", 1)[0].rsplit(".", 1)[-1]
+        return name if name.isidentifier() and name.endswith(("Error", "Exception", "Exit", "Timeout",
+                                                                  "TimedOut", "Received", "Group")) else ""
+
+    named = [line for line in lines if exception_name(line)]
+    innermost = [line for line in named if "Group" not in exception_name(line)]
+    return (innermost or named or lines or [default])[-1]
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, *, timeout: float = 15.0) -> None:

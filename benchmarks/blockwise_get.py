@@ -178,8 +178,7 @@ def run_pair(client: str, server: str, args: argparse.Namespace, pin: bool) -> d
         done = subprocess.run(_servers.pinned(cmd, 1 if pin else None), capture_output=True, text=True,
                               timeout=args.repeat * 150 + 150)
         if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            row["error"] = lines[-1] if lines else f"client exited {done.returncode}"
+            row["error"] = _servers.error_line(done.stderr, f"client exited {done.returncode}")
             return row
         out = json.loads(done.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, RuntimeError, TimeoutError, json.JSONDecodeError) as e:

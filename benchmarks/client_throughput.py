@@ -201,8 +201,7 @@ def run_one(library: str, load: str, args: argparse.Namespace, pin: bool) -> dic
                               timeout=args.warmup + args.duration + REQUEST_TIMEOUT + 60)
         cpu1 = _servers.cpu_seconds(server.pid)
         if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            row["error"] = lines[-1] if lines else f"client exited {done.returncode}"
+            row["error"] = _servers.error_line(done.stderr, f"client exited {done.returncode}")
             return row
         row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         if cpu0 is not None and cpu1 is not None:

@@ -68,7 +68,11 @@ QUIET = 3.0
 
 
 def control(port: int, method: int, path: str, payload: bytes = b"", *, timeout: float = 5.0) -> bytes:
-    """One CON request to ``/path`` with a piggy-backed answer expected; returns the response payload."""
+    """One CON request to ``/path``; returns the response payload (piggy-backed or separate).
+
+    A ping from the server (RFC 9175 §2.4: it checks that we receive at our address before it answers
+    with much more than we sent) gets a Reset, as from any CoAP endpoint.
+    """
     token = os.urandom(4)
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -84,7 +88,13 @@ def control(port: int, method: int, path: str, payload: bytes = b"", *, timeout:
             with contextlib.suppress(TimeoutError):
                 while True:
                     data = s.recv(65536)
-                    if data[4:8] == token and data[2:4] == datagram[2:4]:
+                    kind = data[0] >> 4  # version and type: 0x4 CON, 0x5 NON, 0x6 ACK, 0x7 RST
+                    if len(data) == 4 and kind == 0x4 and data[1] == 0:  # a ping (RFC 9175 §2.4)
+                        s.sendto(bytes((0x70, 0, data[2], data[3])), (HOST, port))
+                        continue
+                    if kind == 0x4 and data[4:8] == token:  # a separate CON response: acknowledge it
+                        s.sendto(bytes((0x60, 0, data[2], data[3])), (HOST, port))
+                    if data[4:8] == token and (kind != 0x6 or data[2:4] == datagram[2:4]):
                         if data[1] >> 5 != 2:
                             raise RuntimeError(f"/{path}: response code {data[1] >> 5}.{data[1] & 31:02d}")
                         marker = data.find(b"\xff", 8)
@@ -467,7 +477,7 @@ def run_one(library: str, observers: int, args: argparse.Namespace, pin: bool) -
         done = subprocess.run(_servers.pinned(cmd, 1 if pin else None), capture_output=True, text=True,
                               timeout=args.timeout * 3 + 60)
         if done.returncode != 0:
-            row["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+            row["error"] = _servers.error_line(done.stderr)
             return row
         out = json.loads(done.stdout.strip().splitlines()[-1])
         row["client_datagrams"] = out.get("datagrams")
