@@ -18,7 +18,9 @@
  * Matching: the token is 8 bytes, the slot index (2 bytes) then 6 random bytes, fresh per request; a
  * piggy-backed ACK must match the slot's token, message ID and socket; a separate (CON/NON) response
  * must match token and socket (a CON one is acknowledged with an empty ACK); an empty ACK is matched by
- * message ID and socket and leaves the request waiting. Anything else counts as `unmatched` or `bad`.
+ * message ID and socket and leaves the request waiting. A ping from the server (an empty CON: it checks
+ * that we receive at our address before it sends a large response, RFC 9175 §2.4) gets a RST and counts
+ * as `pings`. Anything else counts as `unmatched` or `bad`.
  *
  * Message IDs: each socket starts at a random MID and increments it per request. RFC 7252 forbids
  * reusing a MID towards the same peer within EXCHANGE_LIFETIME (247 s), so after ROTATE requests
@@ -99,7 +101,7 @@ static uint64_t marks[MAX_MARKS], completed_total;
 static long mark_rss_kb[MAX_MARKS];
 static int nmarks, next_mark;
 
-static uint64_t c_sent, c_ok, c_err, c_rst, c_lost, c_unmatched, c_bad, c_sockerr, c_acks;
+static uint64_t c_sent, c_ok, c_err, c_rst, c_lost, c_unmatched, c_bad, c_sockerr, c_acks, c_pings;
 static uint64_t sent_total, sockets_opened;
 static long resp_bytes = -1;
 static uint64_t lat_max, lat_sum;
@@ -326,6 +328,10 @@ static void handle(int si, const uint8_t *d, ssize_t n, uint64_t t) {
         if (type == 0) { /* a ping or a request to us: reset it */
             uint8_t rst[4] = {0x70, 0, d[2], d[3]};
             send(socks[si].fd, rst, 4, 0);
+            if (code == 0 && n == 4) { /* a ping: the server checks our address (RFC 9175 §2.4) */
+                c_pings++;
+                return;
+            }
         }
         c_bad++;
         return;
@@ -656,7 +662,8 @@ int main(int argc, char **argv) {
            window_s > 0 ? 100.0 * (cpu1 - cpu0) / window_s : 0.0,
            (srv0 >= 0 && srv1 >= 0 && window_s > 0) ? 100.0 * (srv1 - srv0) / window_s : -1.0,
            resp_bytes, (unsigned long long)sockets_opened, (unsigned long long)sent_total);
-    printf(", \"completed_total\": %llu, \"rss_at\": [", (unsigned long long)completed_total);
+    printf(", \"pings\": %llu, \"completed_total\": %llu, \"rss_at\": [", (unsigned long long)c_pings,
+           (unsigned long long)completed_total);
     for (int i = 0; i < nmarks; i++)
         printf("%s[%llu, %ld]", i ? ", " : "", (unsigned long long)marks[i], i < next_mark ? mark_rss_kb[i] : -1L);
     printf("]}\n");

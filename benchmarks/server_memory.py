@@ -92,7 +92,7 @@ def run(name: str, args: argparse.Namespace, exe: Path, pin: bool) -> dict[str, 
     row.update(
         rss_mb=curve, rps=out["rps"], seconds=out["duration_s"], completed=out["completed_total"],
         ok=out["ok"], lost=out["lost"], ports=out["sockets_opened"], server_cpu_pct=out["server_cpu_pct"],
-        loadgen_cpu_pct=out["loadgen_cpu_pct"],
+        loadgen_cpu_pct=out["loadgen_cpu_pct"], pings=out.get("pings"),
     )
     by_n = dict(curve)
     first, last = by_n.get(args.points[0]), by_n.get(args.points[-1])
