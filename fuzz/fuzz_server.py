@@ -29,10 +29,11 @@ with atheris.instrument_imports() if atheris is not None else contextlib.nullcon
 
 PEERS = [("127.0.0.1", 40000 + i) for i in range(4)]
 LOCAL = ("127.0.0.1", 5683)
-#: The server's settings in this target and in tests/test_fuzz_server.py: the Echo checks are on and the
-#: blocks smaller than the largest a client may ask for, so that those paths are fuzzed too; few observers
-#: per resource, so that one notification round stays one chunk.
-TUNING = TransportTuning(echo_amplification_check=True, block_szx=5, max_observers_per_resource=64)
+#: The server's settings in this target and in tests/test_fuzz_server.py: blocks smaller than the largest
+#: a client may ask for, so that reducing them is fuzzed too; few observers per resource, so that one
+#: notification round stays one chunk. The amplification check is off: the model predicts what a server
+#: sends at once, and the check may hold a response back until the peer has shown it is reachable.
+TUNING = TransportTuning(block_szx=5, max_observers_per_resource=64, echo_amplification_check=False)
 
 
 class _Endpoint:
