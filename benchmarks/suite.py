@@ -403,6 +403,12 @@ def render(run: dict[str, Any], markdown: bool) -> str:
     parts.append(f"Machine: {env['nproc']} CPUs ({env['cpu_model']}), Linux {env['kernel']}, "
                  f"{env['python_implementation']} {env['python']}; pinned with taskset: "
                  f"{'yes' if env['taskset'] else 'no (taskset not found)'}.")
+    busy = [step["other_cpu_pct"] for step in steps.values() if step.get("other_cpu_pct") is not None]
+    if busy and max(busy) > OTHER_CPU_NOTE:
+        bold = "**" if markdown else ""
+        parts.append(f"{bold}This run shared the machine{bold}: other processes used {min(busy):.0f}-"
+                     f"{max(busy):.0f} % of a core during the steps, so the figures are low and noisy (see "
+                     "the steps table); repeat it on a quiet machine.")
     parts.append(render_steps(steps, markdown))
     parts += render_absolute(steps, markdown)
     notes = collect_notes(steps)
@@ -548,6 +554,10 @@ def collect_notes(steps: dict[str, Any]) -> list[str]:
                 if r.get("kernel_drops"):
                     notes.append(f"observe: {r['library']} N={r['observers']:,}: {r['kernel_drops']:,} "
                                  "datagrams dropped by the kernel (full receive buffers, machine-wide)")
+                if r.get("received", 0) > r.get("expected", r.get("received", 0)):
+                    notes.append(f"observe: {r['library']} N={r['observers']:,}: the clients were handed "
+                                 f"{r['received']:,} notifications, more than the {r['expected']:,} the "
+                                 "server rendered (duplicates delivered to the application?)")
                 if r.get("rounds_timed_out"):
                     notes.append(f"observe: {r['library']} N={r['observers']:,}: "
                                  f"{r['rounds_timed_out']} rounds timed out")
