@@ -2,7 +2,7 @@
 restarting server leave behind, each proven with the counters the runtime exposes (DESIGN.md §3).
 
 Everything runs over real loopback sockets in virtual time (MockClock). The random-cancellation test runs
-10,000 requests by default; ``COAPIO_LONG=1`` runs 100,000 (about ten times as long).
+10,000 requests by default (about 12 s here); ``COAPIO_LONG=1`` runs 100,000 (about 160 s and 0.8 GB).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
-import attrs
 import pytest
 import trio
 import trio.lowlevel
@@ -59,13 +58,6 @@ def all_tasks() -> list[trio.lowlevel.Task]:
 def coapio_tasks() -> Counter[str]:
     """The library's own tasks by name ("coapio endpoint", "coapio handler", ...)."""
     return Counter(t.name for t in all_tasks() if t.name.startswith("coapio"))
-
-
-def unbounded(**bounds: int) -> TransportTuning:
-    """The default tuning with the named bounds raised, where this version of coapio has them (the server's
-    handler bounds are newer than some of these tests, which need thousands of handlers at once)."""
-    known = attrs.fields_dict(TransportTuning)
-    return attrs.evolve(TransportTuning(), **{name: v for name, v in bounds.items() if name in known})
 
 
 def uri(ctx: Context, path: str) -> str:
@@ -203,11 +195,12 @@ class Tally:
 async def test_requests_cancelled_at_random_points_leave_nothing_behind(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Requests of every kind, cancelled at random points: before they are sent, queued behind NSTART,
-    waiting for an ACK or between retransmissions (to silent peers), after the empty ACK while the separate
-    response is pending, after the response, in the middle of block-wise transfers, while registering an
-    observation and while iterating its notifications. Afterwards no exchange, token, handler, task, timer
-    or live deduplication entry is left on either side, and no client sends another request."""
+    """Requests of every kind, cancelled at random points: in an already cancelled scope, queued behind
+    NSTART, waiting for an ACK or between retransmissions (to silent peers), after the empty ACK while the
+    separate response is pending, after the response, in the middle of block-wise transfers, while
+    registering an observation and while iterating its notifications. Afterwards no exchange, token,
+    handler, task, timer or live deduplication entry is left on either side, and no client sends another
+    request."""
     total = 100_000 if LONG else 10_000
     rng = random.Random(20261123)
     client_tuning = TransportTuning(nstart=8, max_queued_per_peer=100_000, block_szx=2)  # 64-byte blocks
@@ -226,7 +219,9 @@ async def test_requests_cancelled_at_random_points_leave_nothing_behind(
         services = await stack.enter_async_context(trio.open_nursery())
         for peer in silent:
             services.start_soon(peer.run)
-        server = await stack.enter_async_context(Context(bind=[LOCAL], site=site))
+        # (the server's handler bounds would answer part of the load 5.03: not what this test is about)
+        server_tuning = TransportTuning(max_handlers=100_000, max_handlers_per_peer=10_000)
+        server = await stack.enter_async_context(Context(bind=[LOCAL], site=site, tuning=server_tuning))
         clients = [await stack.enter_async_context(Context(bind=[LOCAL], tuning=client_tuning))
                    for _ in range(max(4, total // 1000))]
         ticking = trio.CancelScope()
@@ -501,7 +496,7 @@ async def test_context_exit_under_heavy_load_is_prompt_and_closes_everything(
         with trio.CancelScope() as bound:
             async with trio.open_nursery() as load:  # the requesters outlive the contexts
                 async with AsyncExitStack() as contexts:  # (closed early, below; this is for failures)
-                    bounds = unbounded(max_handlers=10_000, max_handlers_per_peer=10_000)
+                    bounds = TransportTuning(max_handlers=10_000, max_handlers_per_peer=10_000)
                     server = await contexts.enter_async_context(
                         Context(bind=[LOCAL], site=site, tuning=bounds))
                     clients = [await contexts.enter_async_context(Context(bind=[LOCAL], tuning=many))
@@ -559,7 +554,7 @@ async def test_icmp_port_unreachable_ends_every_exchange_and_observation_to_the_
 
     async with Context(bind=[LOCAL], tuning=TransportTuning(nstart=4, max_queued_per_peer=10_000)) as client:
         async with trio.open_nursery() as nursery:
-            bounds = unbounded(max_handlers_per_peer=1000)
+            bounds = TransportTuning(max_handlers_per_peer=1000)
             async with Context(bind=[LOCAL], site=site, tuning=bounds) as server:
 
                 async def requester() -> None:
