@@ -251,6 +251,12 @@ async def one_kib_con(attacker: Attacker, resources: Resources) -> None:
     await attacker.send("GET /kib (CON)", request("kib"))
 
 
+async def one_kib_short_token(attacker: Attacker, resources: Resources) -> None:
+    for mtype in (Type.CON, Type.NON):
+        await attacker.send(f"GET /kib with a 1-byte token (9 bytes, {mtype.name})",
+                            request("kib", mtype=mtype, token=b"s"))
+
+
 async def one_kib_non(attacker: Attacker, resources: Resources) -> None:
     await attacker.send("GET /kib (NON)", request("kib", mtype=Type.NON))
 
@@ -321,6 +327,7 @@ async def minimal_request(attacker: Attacker, resources: Resources) -> None:
 SCENARIOS: dict[str, Scenario] = {
     "1 KiB payload, CON": one_kib_con,
     "1 KiB payload, NON": one_kib_non,
+    "1 KiB payload, small request": one_kib_short_token,
     "block-wise resource": blockwise,
     "/.well-known/core": well_known_core,
     "Block1 upload": block1_upload,
