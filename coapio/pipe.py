@@ -40,12 +40,14 @@ class Pipe:
     consumer left); consumers iterate the Pipe, or await :meth:`response` for a single final answer.
     """
 
-    __slots__ = ("_dropped", "_finished", "_receive", "_send", "newest_wins", "producer_scope", "request")
+    __slots__ = ("_closed", "_dropped", "_finished", "_producer_scope", "_receive", "_send", "newest_wins",
+                 "request")
 
     def __init__(self, request: Message, *, buffer: int = 1, newest_wins: bool = False):
         self.request = request
         self.newest_wins = newest_wins
-        self.producer_scope = anyio.CancelScope()
+        self._producer_scope: anyio.CancelScope | None = None  # made when a producer asks for it
+        self._closed = False
         self._send: MemoryObjectSendStream[PipeEvent]
         self._receive: MemoryObjectReceiveStream[PipeEvent]
         # One slot more than asked, so that a final event always fits behind a full buffer.
@@ -54,6 +56,20 @@ class Pipe:
         self._finished = False  # a final event was sent, or the consumer closed
 
     # --- producer side ---------------------------------------------------------------------------
+
+    @property
+    def producer_scope(self) -> anyio.CancelScope:
+        """The scope a producer runs in; cancelled when the consumer loses interest.
+
+        Made on first use: most pipes (a client's plain requests) have no producer task, and a cancel
+        scope costs more than the rest of the pipe.
+        """
+        scope = self._producer_scope
+        if scope is None:
+            scope = self._producer_scope = anyio.CancelScope()
+            if self._closed:
+                scope.cancel()
+        return scope
 
     @property
     def interested(self) -> bool:
@@ -98,7 +114,9 @@ class Pipe:
     def close(self) -> None:
         """Lose interest: close the channel and cancel the producer's scope. Idempotent."""
         self._finished = True
-        self.producer_scope.cancel()
+        self._closed = True
+        if self._producer_scope is not None:
+            self._producer_scope.cancel()
         self._receive.close()
         self._send.close()
 

@@ -21,6 +21,7 @@ into options its author did not mean. Where the RFCs leave room:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import string
 import types
@@ -104,6 +105,7 @@ class UriParts:
         return DEFAULT_PORTS.get(self.scheme) == self.port
 
 
+@functools.lru_cache(maxsize=512)  # a client asks for the same few URIs again and again
 def split_uri(uri: str) -> UriParts:
     """Take an absolute CoAP URI apart into option values (RFC 7252 §6.4, RFC 8323 §8).
 
@@ -176,6 +178,7 @@ def compose_uri(
     return f"{scheme}://{authority}{resource}"
 
 
+@functools.lru_cache(maxsize=512)
 def uri_options(
     parts: UriParts,
     *,
