@@ -30,7 +30,7 @@ from .error import (
     ResponseRejected,
     ServiceUnavailable,
 )
-from .message import Message
+from .message import Message, Remote
 from .options import BlockValue, OptionNumber, Options
 
 __all__ = [
@@ -438,11 +438,12 @@ class ReassemblyStats:
 
 
 class _Transfer:
-    __slots__ = ("body", "last", "response")
+    __slots__ = ("body", "last", "remote", "response")
 
-    def __init__(self, now: float):
+    def __init__(self, now: float, remote: Remote):
         self.body = bytearray()
         self.last = now
+        self.remote = remote
         #: For a finished Block1 operation whose response needs Block2: the full response.
         self.response: Message | None = None
 
@@ -465,8 +466,9 @@ class Block1Reassembler:
       ``max_body``; also, without Size1 hint, when storing the block would exceed ``max_total`` (§2.5: 4.13
       "can be returned at any time by a server that does not currently have the resources to store blocks").
       The transfer is dropped.
-    * :class:`ServiceUnavailable` (5.03) with Max-Age — ``max_transfers`` are in progress; RFC 9175 §3.3
-      suggests exactly this, with Max-Age saying when the oldest transfer expires.
+    * :class:`ServiceUnavailable` (5.03) with Max-Age — ``max_transfers`` are in progress, or
+      ``max_per_peer`` of this client's (so that one client cannot take every slot for a lifetime);
+      RFC 9175 §3.3 suggests exactly this, with Max-Age saying when the oldest transfer expires.
     * :class:`BadRequest` (4.00) — SZX 7, or a non-final block that is not exactly one block long.
 
     Idle transfers expire after ``lifetime`` (RFC 7959 §2.5 lets a server discard a partial body after
@@ -486,6 +488,7 @@ class Block1Reassembler:
         max_total: int,
         max_transfers: int,
         lifetime: float,
+        max_per_peer: int | None = None,
         max_szx: int = 6,
     ):
         if not 0 <= max_szx <= 6:
@@ -493,6 +496,8 @@ class Block1Reassembler:
         self.max_body = max_body
         self.max_total = max_total
         self.max_transfers = max_transfers
+        self.max_per_peer = max_transfers if max_per_peer is None else max_per_peer
+        self._per_peer: dict[Remote, int] = {}
         self.lifetime = lifetime
         self.max_szx = max_szx
         self._transfers: OrderedDict[Hashable, _Transfer] = OrderedDict()
@@ -529,12 +534,25 @@ class Block1Reassembler:
                 break
             del transfers[key]
             self._bytes -= _size(oldest)
+            self._uncount(oldest)
             self._expired += 1
 
     def _drop(self, key: Hashable) -> None:
         old = self._transfers.pop(key, None)
         if old is not None:
             self._bytes -= _size(old)
+            self._uncount(old)
+
+    def _add(self, key: Hashable, transfer: _Transfer) -> None:
+        self._transfers[key] = transfer
+        self._per_peer[transfer.remote] = self._per_peer.get(transfer.remote, 0) + 1
+
+    def _uncount(self, transfer: _Transfer) -> None:
+        left = self._per_peer[transfer.remote] - 1
+        if left:
+            self._per_peer[transfer.remote] = left
+        else:
+            del self._per_peer[transfer.remote]
 
     def _reject(self, exc: RenderableError, key: Hashable | None = None) -> RenderableError:
         if key is not None:
@@ -572,14 +590,19 @@ class Block1Reassembler:
             if not block.more:
                 self._completed += 1
                 return self._complete(request, block, payload)
-            if len(transfers) >= self.max_transfers:
+            mine = self._per_peer.get(request.remote, 0)
+            if len(transfers) >= self.max_transfers or mine >= self.max_per_peer:
                 self._rejected += 1
-                retry = max(1, math.ceil(transfers[next(iter(transfers))].last + self.lifetime - now))
+                if mine >= self.max_per_peer:  # the oldest of this peer's own transfers frees a slot
+                    oldest = min(t.last for t in transfers.values() if t.remote == request.remote)
+                else:
+                    oldest = transfers[next(iter(transfers))].last
+                retry = max(1, math.ceil(oldest + self.lifetime - now))
                 raise ServiceUnavailable(
                     "too many block-wise transfers in progress", options=[(OptionNumber.MAX_AGE, retry)]
                 )
-            transfer = _Transfer(now)
-            transfers[key] = transfer
+            transfer = _Transfer(now, request.remote)
+            self._add(key, transfer)
         else:
             found = transfers.get(key)
             if found is None or found.response is not None:
@@ -642,9 +665,9 @@ class Block1Reassembler:
         size = len(response.payload)
         if self._bytes + size > self.max_total or len(self._transfers) >= self.max_transfers:
             return False
-        entry = _Transfer(now)
+        entry = _Transfer(now, request.remote)
         entry.response = response
-        self._transfers[key] = entry
+        self._add(key, entry)
         self._bytes += size
         return True
 

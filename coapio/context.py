@@ -10,6 +10,7 @@ to the site's resources.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any, TypedDict, Unpack
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from . import error
@@ -277,6 +279,7 @@ class Context:
             raise ValueError(f"{message.code.dotted} is not a request code")
         if message.type not in (Type.CON, Type.NON):
             raise ValueError("a request is sent as CON or NON")
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller sends nothing at all
         settings = tuning or self.tuning
         _, message.remote = await self._route(message.remote)
         if len(message.payload) > 1 << (settings.block_szx + 4):
@@ -580,24 +583,37 @@ class Observation:
         return self._state is not None and self._state.registered
 
     async def __aenter__(self) -> Observation:
-        """Register and wait for the first response. Cancellation: as for :meth:`Context.request`."""
+        """Register and wait for the first response. Cancellation: as for :meth:`Context.request`.
+
+        A 4.01 carrying Echo (a server checking the client's address or the request's freshness,
+        RFC 9175 §2.3) is answered once by registering again with the Echo value.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller sends nothing at all
         ctx = self._context
         request = self._request
         endpoint, remote = await ctx._route(request.remote)
         request.remote = remote
-        request.mid = None
-        if not request.token:
-            request.token = ctx.tokens.new_token(remote)
-        self._state = ClientObservation(request)
-        pipe = self._pipe = Pipe(request, buffer=self._buffer, newest_wins=True)
-        ctx.tokens.register(pipe)
-        self._endpoint = endpoint
-        try:
-            endpoint.send(request, self._tuning)
-            self.initial = await self._next_delivered()
-        except BaseException:
+        for attempt in range(2):
+            request.mid = None
+            if not request.token:
+                request.token = ctx.tokens.new_token(remote)
+            self._state = ClientObservation(request)
+            pipe = self._pipe = Pipe(request, buffer=self._buffer, newest_wins=True)
+            ctx.tokens.register(pipe)
+            self._endpoint = endpoint
+            try:
+                endpoint.send(request, self._tuning)
+                self.initial = await self._next_delivered()
+            except BaseException:
+                self._release(deregister=False)
+                raise
+            echo = self.initial.opt.echo
+            if attempt or self.initial.code != Code.UNAUTHORIZED or echo is None or echo == request.opt.echo:
+                break
             self._release(deregister=False)
-            raise
+            self.initial = self.final = None
+            request.opt.echo = echo
+            request.token = b""  # a new registration, with a token of its own
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -650,6 +666,7 @@ class Observation:
                 self._endpoint.send(state.reregistration_request(anyio.current_time()), self._tuning)
                 continue
             if event.exception is not None:
+                state.ended = True  # nothing to deregister: the exchange with the server is over
                 raise event.exception
             assert event.message is not None
             message = event.message
@@ -681,6 +698,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterable[BaseException]
             yield exc
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every request; the answer depends only on its arguments
 def _literal(host: str, port: int) -> tuple[int | None, tuple[Any, ...]]:
     """Recognise an IP literal without a resolver call (and normalise IPv6 to the kernel's form)."""
     try:

@@ -474,7 +474,12 @@ class MessageLayer:
 
     def _reply_error(self, request: Message, entry: _Received, code: Code, diagnostic: str,
                      now: float) -> None:
-        response = Message(code=code, payload=diagnostic.encode())
+        payload = diagnostic.encode()
+        if 5 + len(request.token) + len(payload) > 3 * request.wire_size:
+            # The diagnostic is a courtesy: never let it make the reply more than three times the
+            # request, the most an unverified source address may receive (RFC 9175 §2.4).
+            payload = b""
+        response = Message(code=code, payload=payload)
         if request.type is Type.CON:
             self._awaiting[(request.remote, request.mid)] = (now, entry)
         self.respond(request, response, now)
@@ -562,12 +567,23 @@ class MessageLayer:
         return peer
 
     def _expire_peers(self, now: float) -> None:
-        """Forget idle peers all of whose message IDs are free again (least recently used first)."""
+        """Forget idle peers all of whose message IDs are free again (least recently used first).
+
+        Past ``max_peers``, the least recently used idle peer is forgotten even while message IDs sent
+        to it are within their lifetime: a new record for it starts at a random ID, so reusing one of
+        those IDs too early (which the peer would take for a duplicate) is a 1 in 65536 chance per
+        message, the price of a bounded table, like the deduplication cache's.
+        """
         peers = self._peers
         while peers:
             peer = next(iter(peers.values()))
-            if peer.free_at > now or not peer.idle():
+            if not peer.idle():
                 break
+            if peer.free_at > now:
+                if len(peers) < self.tuning.max_peers:
+                    break
+                self.limits.hit("max_peers", now, "%d peers; forgetting the least recently used early",
+                                len(peers))
             del peers[peer.remote]
 
     def _allocate_mid(self, peer: _Peer, now: float, lifetime: float) -> int:

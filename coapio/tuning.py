@@ -48,6 +48,9 @@ class TransportTuning:
     max_dedup_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_at_least_one)
     max_queued_per_peer: int = attrs.field(default=1_000, validator=_at_least_one)
     max_tracked_non: int = attrs.field(default=10_000, validator=_at_least_one)
+    #: Peers whose message-ID state is kept (those sent CON/NON messages of our own); idle ones beyond
+    #: the bound are forgotten least recently used first.
+    max_peers: int = attrs.field(default=4_096, validator=_at_least_one)
 
     #: Block-wise transfer (RFC 7959): the preferred block size as SZX (6: 1024 bytes), the largest body
     #: a request or response may reassemble to, and the server's bounds on reassembly in progress.
@@ -55,6 +58,7 @@ class TransportTuning:
     max_body_size: int = attrs.field(default=8 * 1024 * 1024, validator=_at_least_one)
     max_reassembly_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_at_least_one)
     max_block_transfers: int = attrs.field(default=128, validator=_at_least_one)
+    max_block_transfers_per_peer: int = attrs.field(default=8, validator=_at_least_one)
     #: Observe (RFC 7641): the server's bounds on observers; more registrations get plain responses.
     max_observers: int = attrs.field(default=10_000, validator=_at_least_one)
     max_observers_per_resource: int = attrs.field(default=1_000, validator=_at_least_one)
@@ -69,10 +73,15 @@ class TransportTuning:
     max_send_backlog: int = attrs.field(default=4_096, validator=_at_least_one)
     #: How often, at most, a log line says that one of these bounds was reached (they are counted always).
     limit_log_interval: float = attrs.field(default=60.0, validator=_positive)
-    #: Echo (RFC 9175 §2): answer a response more than three times the request's size to a peer that
-    #: has not proven its address with 4.01 + Echo first (amplification mitigation, §2.4); and how old
-    #: an Echo value may be to count as fresh for resources that require freshness (§2.3).
-    echo_amplification_check: bool = False
+    #: Amplification mitigation (RFC 9175 §2.4): a response more than three times its request's size
+    #: goes to a peer only once the peer has shown that it receives at its address: by answering a CoAP
+    #: ping within ``reachability_wait`` (the response waits that long at most), or else by returning the
+    #: Echo value of a 4.01 challenge. At most ``max_unverified_held`` responses wait at once; beyond,
+    #: requests are challenged at once. ``echo_freshness`` is how old an Echo value may be to count as
+    #: fresh for resources that require freshness (§2.3).
+    echo_amplification_check: bool = True
+    reachability_wait: float = attrs.field(default=0.1, validator=_positive)
+    max_unverified_held: int = attrs.field(default=1_000, validator=_at_least_one)
     echo_freshness: float = attrs.field(default=10.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
@@ -80,6 +89,10 @@ class TransportTuning:
             raise ValueError("ack_random_factor must be at least 1")
         if self.max_retransmit < 0:
             raise ValueError("max_retransmit must not be negative")
+        if self.reachability_wait >= self.empty_ack_delay:
+            # The challenge must still ride on the ACK: a separate CON would be retransmitted towards an
+            # address that may never acknowledge it.
+            raise ValueError("reachability_wait must be shorter than empty_ack_delay")
 
     @property
     def processing_delay(self) -> float:

@@ -235,6 +235,9 @@ class UDPEndpoint:
                     continue
                 # A send error concerns one peer (unreachable, bad address): fail its exchanges only.
                 self._network_error(remote, e)
+                # The error also sits in the socket's error queue, which keeps the socket readable:
+                # read it now, or the socket task would wake for it again and again.
+                self._read_error_queue()
 
     def _hold(self, out: list[tuple[bytes, Remote]]) -> None:
         """Keep datagrams for when the socket is writable again, up to ``max_send_backlog``."""
@@ -311,16 +314,18 @@ class UDPEndpoint:
                 continue
             for event in receive(data, remote, now):
                 dispatch(self, event, now)
+        # The upper layers' timers first: what they send now may be due before the layer's own timers
+        # act (a held response's challenge must ride on the ACK the layer would otherwise send empty).
+        upper = self._upper_timer(now) if self._upper_timer is not None else None
         deadline = layer.next_deadline()
         if deadline is not None and deadline <= now:
             for event in layer.on_timer(now):
                 dispatch(self, event, now)
+            if self._upper_timer is not None:
+                upper = self._upper_timer(now)  # the events may have changed what the upper layers want
             deadline = layer.next_deadline()
-        if self._upper_timer is not None:
-            upper = self._upper_timer(now)
-            deadline = layer.next_deadline()  # what the upper layers just sent is timed too
-            if upper is not None and (deadline is None or upper < deadline):
-                deadline = upper
+        if upper is not None and (deadline is None or upper < deadline):
+            deadline = upper
         out = layer.datagrams_to_send()
         if out:
             self._write(out)

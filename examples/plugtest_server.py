@@ -700,6 +700,12 @@ def resource_at(site: Site, path: str) -> Resource:
     return found[0]
 
 
+#: The ETSI test descriptions fix every message of an exchange, and a plugtest runs on a closed lab
+#: network: this server answers as they describe, without the amplification mitigation (RFC 9175 §2.4)
+#: that a server on an open network keeps on (the default; see TransportTuning).
+TUNING = coapio.TransportTuning(echo_amplification_check=False)
+
+
 async def serve(
     binds: Sequence[str] = ("[::]:5683",),
     *,
@@ -712,7 +718,7 @@ async def serve(
     can be used). Cancellation closes the sockets and stops every handler; nothing is left running.
     """
     site = build_site() if site is None else site
-    async with coapio.Context(bind=list(binds), site=site) as ctx:
+    async with coapio.Context(bind=list(binds), site=site, tuning=TUNING) as ctx:
         addresses = [_format_address(endpoint.local) for endpoint in ctx.endpoints]
         print("coapio plugtest server listening on " + ", ".join(addresses), file=sys.stderr, flush=True)
         task_status.started(addresses)

@@ -69,6 +69,8 @@ async def plugtest_server(
     module = load_plugtest()
     delay = module.SEPARATE_DELAY if separate_delay is None else separate_delay
     site = module.build_site(separate_delay=delay)
+    # The plugtest's own tuning (see its TUNING), with whatever timing a test changes.
+    tuning = attrs.evolve(tuning or module.TUNING, echo_amplification_check=False)
     async with Context(bind=[(LOCALHOST, 0)], site=site, tuning=tuning) as ctx:
         yield Plugtest(ctx, site, int(ctx.endpoints[0].local[1]))
 

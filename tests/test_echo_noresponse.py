@@ -105,23 +105,50 @@ async def test_raw_request_without_echo_gets_4_01_with_an_echo_value() -> None:
     assert actuator.posts == 0
 
 
-async def test_amplification_check_asks_unverified_peers_for_echo_first() -> None:
-    guarded = attrs.evolve(TransportTuning(), echo_amplification_check=True)
-    async with Context(bind=[LOCAL], site=site(Actuator()), tuning=guarded) as server:
+async def test_amplification_check_holds_a_large_response_until_the_peer_answers_a_ping() -> None:
+    """RFC 9175 §2.4: a 500-byte answer to a 14-byte request waits until the source address has shown it
+    is the requester's; a CoAP ping, which every endpoint resets, shows it without Echo support."""
+    async with Context(bind=[LOCAL], site=site(Actuator())) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
             await sock.connect(server.endpoints[0].sock.getsockname())
             get = Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r")
             await sock.send(get.encode())
-            data = await sock.recv(2048)
-            challenge = Message.decode(data)
-            assert challenge.code is Code.UNAUTHORIZED and len(data) <= 3 * len(get.encode())
-            get.mid, get.opt.echo = 11, challenge.opt.echo
+            ping = Message.decode(await sock.recv(2048))
+            assert (ping.type, ping.code, ping.token, ping.payload) == (Type.CON, Code.EMPTY, b"", b"")
+            await sock.send(Message(Type.RST, Code.EMPTY, ping.mid).encode())
+            answer = Message.decode(await sock.recv(2048))
+            assert (answer.type, answer.mid, answer.code) == (Type.ACK, 10, Code.CONTENT)
+            assert len(answer.payload) == 500
+            # Verified now: the next large answer comes at once.
+            get.mid = 11
+            await sock.send(get.encode())
+            assert len(Message.decode(await sock.recv(2048)).payload) == 500
+        async with Context(bind=[LOCAL]) as client:  # coapio's client resets pings like any endpoint
+            assert len((await client.get(uri(server))).payload) == 500
+
+
+async def test_an_echo_value_also_verifies_the_peer() -> None:
+    async with Context(bind=[LOCAL], site=site(Actuator())) as server:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(5):
+            await sock.connect(server.endpoints[0].sock.getsockname())
+            remote = sock.getsockname()
+            get = Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r")
+            get.opt.echo = server.server.echo.make(remote, trio.current_time())
             await sock.send(get.encode())
             answer = Message.decode(await sock.recv(2048))
             assert answer.code is Code.CONTENT and len(answer.payload) == 500
-        async with Context(bind=[LOCAL]) as client:  # coapio's client does the round trip by itself
-            assert len((await client.get(uri(server))).payload) == 500
+
+
+async def test_without_the_check_a_large_response_goes_at_once() -> None:
+    unguarded = attrs.evolve(TransportTuning(), echo_amplification_check=False)
+    async with Context(bind=[LOCAL], site=site(Actuator()), tuning=unguarded) as server:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(5):
+            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.send(Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r").encode())
+            assert len(Message.decode(await sock.recv(2048)).payload) == 500
 
 
 # --- No-Response --------------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ async def block_obs_server(
 ) -> AsyncIterator[Plugtest]:
     """The plugtest site with observable resources ticking every ``period`` s, on 127.0.0.1:``port``."""
     site = plugtest.build_site(separate_delay=separate_delay, obs_period=period)
+    # The plugtest's own tuning (see its TUNING), with whatever timing a test changes.
+    tuning = attrs.evolve(tuning or plugtest.TUNING, echo_amplification_check=False)
     async with Context(bind=[(LOCALHOST, port)], site=site, tuning=tuning) as ctx:
         yield Plugtest(ctx, site, int(ctx.endpoints[0].local[1]))
 

@@ -347,10 +347,6 @@ async def test_requests_cancelled_at_random_points_leave_nothing_behind(
     assert server.endpoints[0].layer.stats.resets_received > 0  # late separate responses were refused
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: Context.request and Observation.__aenter__ send before their first checkpoint, so a "
-    "request made in an already cancelled scope still puts its first datagram on the wire"
-))
 async def test_a_request_in_an_already_cancelled_scope_sends_nothing() -> None:
     async with SilentPeer() as peer, trio.open_nursery() as nursery:
         nursery.start_soon(peer.run)
@@ -599,11 +595,6 @@ async def test_icmp_port_unreachable_ends_every_exchange_and_observation_to_the_
           f"{ended[0] - died:.2f} s after the server died")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: Observation._next_delivered raises the pipe's exception without marking the "
-    "observation ended, so leaving the block sends a deregistration (GET Observe=1) to the peer that "
-    "just proved unreachable"
-))
 async def test_an_observation_ended_by_an_icmp_error_sends_no_deregistration(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -618,6 +609,7 @@ async def test_an_observation_ended_by_an_icmp_error_sends_no_deregistration(
             assert obs.registered
         with pytest.raises(NetworkError):
             await client.get(target)  # draws the ICMP error, which ends the observation too
+        assert await obs.__anext__() is obs.initial  # the iteration starts with the first response
         with pytest.raises(NetworkError):
             await obs.__anext__()
         sent = layer.stats.sent
@@ -656,11 +648,6 @@ async def test_icmp_port_unreachable_drops_every_observer_of_a_vanished_client_a
             assert layer.stats.sent == sent + 1, "something more was sent to the vanished client"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: when sendto() reports a queued ICMP error (ECONNREFUSED), UDPEndpoint._write does not "
-    "drain the socket's error queue (IP_RECVERR); its entry keeps the socket readable (EPOLLERR) while "
-    "recvfrom() says EAGAIN, so the socket task spins at full CPU until another ICMP error comes"
-))
 async def test_the_socket_task_goes_idle_after_a_send_reports_an_icmp_error() -> None:
     dead = f"coap://127.0.0.1:{closed_port()}/x"
     async with Context(bind=[LOCAL], tuning=TransportTuning(nstart=2)) as client:

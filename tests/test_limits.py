@@ -85,6 +85,10 @@ class RawPeer:
             while True:
                 reply = Message.decode(await self.sock.recv(65535))
                 assert reply.mid is not None
+                if reply.type is Type.CON and reply.code == Code.EMPTY:
+                    # A reachability check (amplification mitigation): answer it as any endpoint does.
+                    await self.sock.sendto(Message(Type.RST, Code.EMPTY, reply.mid).encode(), self.server)
+                    continue
                 got[reply.mid] = reply
         return got
 
@@ -220,6 +224,24 @@ async def test_block1_transfer_bound_answers_503_with_max_age(autojump_clock: tr
         assert [got[m].code for m in (1, 2)] == [Code.CONTINUE, Code.CONTINUE]
         assert got[3].code == Code.SERVICE_UNAVAILABLE and got[3].opt.max_age is not None
         assert ctx.limit_hits["block-wise reassembly"] == 1
+
+
+async def test_block1_transfers_per_peer_bound_leaves_slots_for_other_clients(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    site, _ = make_site()
+    tuning = TransportTuning(max_block_transfers=10, max_block_transfers_per_peer=2)
+    async with Context(bind=[LOCAL], site=site, tuning=tuning) as ctx, RawPeer(ctx) as hog, \
+            RawPeer(ctx) as other:
+        for peer, tags in ((hog, (b"a", b"b", b"c")), (other, (b"d",))):
+            for tag in tags:
+                request = Message(Type.CON, Code.PUT, uri="coap://127.0.0.1/store", payload=b"x" * 64)
+                request.opt.block1 = BlockValue(0, True, 2)
+                request.opt.request_tag = tag
+                await peer.send(request)
+        got = await hog.collect()
+        assert [got[m].code for m in (1, 2, 3)] == [Code.CONTINUE, Code.CONTINUE, Code.SERVICE_UNAVAILABLE]
+        assert (await other.collect())[1].code == Code.CONTINUE  # one client cannot take every slot
 
 
 async def test_block1_body_bound_answers_413_with_size1(autojump_clock: trio.testing.MockClock) -> None:

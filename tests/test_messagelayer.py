@@ -304,12 +304,25 @@ def test_malformed_datagram_does_not_disturb_other_exchanges() -> None:
 
 def test_request_with_unrecognized_critical_option_gets_bad_option() -> None:
     s = layer()
-    msg = Message(Type.CON, Code.GET, 1, b"t")
+    msg = Message(Type.CON, Code.GET, 1, b"token123", uri="coap://h/some/resource")
     msg.opt.add(2049, b"x")
     assert s.receive(msg.encode(), CLIENT, 0.0) == []
     resp = Message.decode(one(s))
     assert (resp.type, resp.code, resp.mid) == (Type.ACK, Code.BAD_OPTION, 1)
     assert b"2049" in resp.payload
+
+
+def test_bad_option_diagnostic_is_left_out_when_it_would_amplify() -> None:
+    """RFC 9175 §2.4: the reply to a tiny request stays within three times its size."""
+    s = layer()
+    msg = Message(Type.CON, Code.GET, 1, b"t")
+    msg.opt.add(2049, b"x")
+    data = msg.encode()
+    assert s.receive(data, CLIENT, 0.0) == []
+    reply = one(s)
+    resp = Message.decode(reply)
+    assert (resp.code, resp.payload) == (Code.BAD_OPTION, b"")
+    assert len(reply) <= 3 * len(data)
 
 
 def test_non_request_with_unrecognized_critical_option_is_rejected_with_reset() -> None:
