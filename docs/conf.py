@@ -33,6 +33,7 @@ version = release
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    "myst_parser",  # performance.md and reliability.md stay plain Markdown, readable on GitHub
 ]
 
 exclude_patterns = ["_build"]
