@@ -21,7 +21,22 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.env["HYPOTHESIS_PROFILE"] = "fuzz"
     session.env["COAPIO_STATEFUL_EXAMPLES"] = "5000"
+    session.env["COAPIO_FUZZ_SECONDS"] = "300"  # the socket flood of tests/test_fuzz_server.py
     session.run("pytest", "-q", "-k", "fuzz or stateful or roundtrip or round_trip", *session.posargs)
+
+
+@nox.session
+def atheris(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of each target in fuzz/ for 5 minutes (see fuzz/README.md).
+
+    ``-- -max_total_time=60`` (or any libFuzzer flag) replaces the default; corpora live in .fuzz-corpus/.
+    """
+    session.install("-e", ".[test]", "atheris")
+    flags = session.posargs or ["-max_total_time=300"]
+    for target in ("message", "linkformat", "uri", "server"):
+        corpus = f".fuzz-corpus/{target}"
+        session.run("mkdir", "-p", corpus, external=True)
+        session.run("python", f"fuzz/fuzz_{target}.py", corpus, *flags)
 
 
 @nox.session
