@@ -75,12 +75,15 @@ def control(port: int, method: int, path: str, payload: bytes = b"", *, timeout:
     """
     token = os.urandom(4)
     deadline = time.monotonic() + timeout
+    echo = b""  # an Echo value the server asked for (4.01 + Echo, RFC 9175 §2.4), sent back once
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.5)
         while time.monotonic() < deadline:
             mid = int.from_bytes(os.urandom(2), "big")
             encoded = path.encode()
             option = bytes([(11 << 4) | len(encoded)]) + encoded  # Uri-Path, short segments only
+            if echo:  # Echo is option 252: delta 241 from Uri-Path (11) = 13 + 228
+                option += bytes([(13 << 4) | len(echo), 241 - 13]) + echo
             datagram = struct.pack("!BBH", 0x44, method, mid) + token + option
             if payload:
                 datagram += b"\xff" + payload
@@ -95,11 +98,38 @@ def control(port: int, method: int, path: str, payload: bytes = b"", *, timeout:
                     if kind == 0x4 and data[4:8] == token:  # a separate CON response: acknowledge it
                         s.sendto(bytes((0x60, 0, data[2], data[3])), (HOST, port))
                     if data[4:8] == token and (kind != 0x6 or data[2:4] == datagram[2:4]):
+                        if data[1] == 0x81 and not echo:  # 4.01: the server checks our address
+                            echo = _echo_of(data)
+                            if echo:
+                                break
                         if data[1] >> 5 != 2:
                             raise RuntimeError(f"/{path}: response code {data[1] >> 5}.{data[1] & 31:02d}")
                         marker = data.find(b"\xff", 8)
                         return data[marker + 1:] if marker >= 0 else b""
     raise TimeoutError(f"no answer to /{path} on port {port}")
+
+
+def _extended(nibble: int, data: bytes, pos: int) -> tuple[int, int]:
+    """An option delta or length nibble with its extension bytes (RFC 7252 §3.1); value, next position."""
+    if nibble == 13:
+        return data[pos] + 13, pos + 1
+    if nibble == 14:
+        return (data[pos] << 8 | data[pos + 1]) + 269, pos + 2
+    return nibble, pos
+
+
+def _echo_of(data: bytes) -> bytes:
+    """The Echo option's value in a response datagram with a 4-byte token, or b"" (minimal parser)."""
+    pos, number = 8, 0
+    while pos < len(data) and data[pos] != 0xFF:
+        byte = data[pos]
+        delta, pos = _extended(byte >> 4, data, pos + 1)
+        length, pos = _extended(byte & 15, data, pos)
+        number += delta
+        if number == 252:
+            return data[pos:pos + length]
+        pos += length
+    return b""
 
 
 GET, POST = 1, 2
