@@ -575,6 +575,7 @@ class Observation:
         self._pipe: Pipe | None = None
         self._endpoint: UDPEndpoint | None = None
         self._pending_initial = True
+        self._echo_sent: bytes | None = None  # the last Echo value a re-registration carried
         self.initial: Message | None = None
         self.final: Message | None = None
 
@@ -670,6 +671,15 @@ class Observation:
                 raise event.exception
             assert event.message is not None
             message = event.message
+            echo = message.opt.echo
+            if (message.code == Code.UNAUTHORIZED and echo is not None and not self._pending_initial
+                    and echo != self._echo_sent and self._endpoint is not None):
+                # A re-registration challenged for an Echo value (RFC 9175): register again with it.
+                self._echo_sent = echo
+                retry = state.reregistration_request(anyio.current_time())
+                retry.opt.echo = echo
+                self._endpoint.send(retry, self._tuning)
+                continue
             verdict = state.on_response(message, anyio.current_time())
             if verdict is Verdict.STALE:
                 continue

@@ -3,9 +3,8 @@
 An Echo value is ``timestamp (4 bytes) || HMAC-SHA256(secret, timestamp || peer address)[:8]``: the server
 keeps no state per challenge, a value is only good for the peer it was made for (so an attacker cannot
 fetch one and replay it from a spoofed address), and its age is known when it comes back. A peer that
-returns a valid value, or answers a CoAP ping (see :class:`~coapio.server.ServerDispatch`), is *verified*
-for a while: it has shown that it receives what is sent to its address, so larger responses to it are no
-amplification risk (§2.4).
+returns a valid value is *verified* for a while: it has shown that it receives what is sent to its
+address, so larger responses to it are no amplification risk (§2.4).
 """
 
 from __future__ import annotations
@@ -74,10 +73,6 @@ class EchoGuard:
         verified.move_to_end(remote)
         while len(verified) > self.max_verified:
             verified.popitem(last=False)
-
-    def mark_verified(self, remote: Remote, now: float) -> None:
-        """``remote`` has shown it receives at its address by other means (it answered a CoAP ping)."""
-        self._mark_verified(remote, now)
 
     def address_verified(self, remote: Remote, now: float) -> bool:
         """Whether ``remote`` was verified within ``verified_for`` (without looking at any request)."""

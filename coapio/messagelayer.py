@@ -716,7 +716,8 @@ class MessageLayer:
                     self.stats.retransmissions += 1
                     self._push(obj.deadline, obj)
                 else:
-                    del self._exchanges[obj.key]
+                    if self._exchanges.get(obj.key) is obj:  # (a forgotten peer's ID may have been reused)
+                        del self._exchanges[obj.key]
                     self.stats.timeouts += 1
                     self._finish(obj, now)
                     events.append(TimedOut(obj.message))

@@ -359,11 +359,6 @@ class ObserverTable(Generic[K]):
             self.remove(obs)
         return gone
 
-    def reschedule(self, obs: Observer[K], now: float) -> None:
-        """Make an observer that is owed a notification due again (after the runtime held it back)."""
-        if obs.pending:
-            self._schedule(obs, now)
-
     def _unlink(self, obs: Observer[K], ident: _Ident) -> None:
         del self._by_id[ident]
         members = self._by_resource[obs.resource]

@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import attrs
 
 from . import error
 from ._limits import LimitLog
@@ -91,31 +90,6 @@ class _ServerExchange:
         self.scope = anyio.CancelScope()
 
 
-class _Held:
-    """A response waiting for its unverified peer to answer a ping (see the amplification section)."""
-
-    __slots__ = ("deadline", "done", "endpoint", "request", "response")
-
-    def __init__(self, deadline: float, endpoint: UDPEndpoint, request: Message, response: Message):
-        self.deadline = deadline
-        self.endpoint = endpoint
-        self.request = request
-        self.response = response
-        self.done = False
-
-
-class _Ping:
-    """A reachability check in flight: the Empty CON, the endpoint it went from, and whether it is
-    retransmitted."""
-
-    __slots__ = ("endpoint", "message", "retransmitted")
-
-    def __init__(self, message: Message, endpoint: UDPEndpoint, retransmitted: bool):
-        self.message = message
-        self.endpoint = endpoint
-        self.retransmitted = retransmitted
-
-
 class ServerDispatch:
     """Serves one Context's site; created by the Context, fed by its endpoints' socket tasks."""
 
@@ -129,12 +103,6 @@ class ServerDispatch:
         self._running_per_peer: dict[Remote, int] = {}
         #: The bounds this server reached (counts by name), logged at most once per interval.
         self.limits = LimitLog(log, tuning.limit_log_interval)
-        # Reachability checks in flight (a CoAP ping per unverified peer), and the responses they hold
-        # by peer and in the order they expire (one wait for all, so arrival order is expiry order).
-        self._pings: dict[Remote, _Ping] = {}
-        self._held: dict[Remote, list[_Held]] = {}
-        self._held_order: deque[_Held] = deque()
-        self._held_observers: dict[Remote, set[Observer[ObservableResource]]] = {}
         self.reassembler = Block1Reassembler(
             max_body=tuning.max_body_size,
             max_total=tuning.max_reassembly_bytes,
@@ -228,7 +196,7 @@ class ServerDispatch:
             self._running += 1
             self._running_per_peer[remote] = per_peer + 1
             self.task_group.start_soon(
-                self._run_async, endpoint, handler, request, rest, complete, name="coapio handler"
+                self._run_async, endpoint, handler, request, rest, complete, remote, name="coapio handler"
             )
             return None
         reset = _rest_of_path.set(rest) if rest else None
@@ -263,13 +231,15 @@ class ServerDispatch:
             return _failure_response(handler, request, e)
 
     async def _run_async(self, endpoint: UDPEndpoint, handler: Handler, request: Message,
-                         rest: tuple[str, ...], complete: Complete | None) -> None:
-        """An async renderer in its own cancel scope; loss of interest cancels it and sends nothing."""
+                         rest: tuple[str, ...], complete: Complete | None, remote: Remote) -> None:
+        """An async renderer in its own cancel scope; loss of interest cancels it and sends nothing.
+
+        ``remote`` is the client the slot was counted for (the handler may change ``request.remote``).
+        """
         try:
             await self._run_async_counted(endpoint, handler, request, rest, complete)
         finally:
             self._running -= 1
-            remote = request.remote
             left = self._running_per_peer[remote] - 1
             if left:
                 self._running_per_peer[remote] = left
@@ -313,7 +283,10 @@ class ServerDispatch:
                 for observer in self.observers.observers(resource):
                     self._send_error_notification(observer, Code.NOT_FOUND, b"the resource was deleted", now)
         if complete is not None:
-            if response.code.is_successful() and response.payload:
+            block2 = request.opt.block2
+            size = self._block_size if block2 is None else min(block2.size, self._block_size)
+            if response.code.is_successful() and len(response.payload) > size:
+                # Only a response with a Block2 phase to come is kept (and takes a transfer slot).
                 self.reassembler.remember_response(request, response, now)
             self._respond(endpoint, request, response, now, full=True, complete=complete)
         else:
@@ -339,15 +312,21 @@ class ServerDispatch:
                 endpoint.layer.acknowledge(request, now)
             return
         if (self.tuning.echo_amplification_check and not self.echo.address_verified(request.remote, now)
-                and self._amplifies(endpoint, request, response, now)):
-            if not self._hold(endpoint, request, response, now):
-                self._challenge(endpoint, request, now)
+                and self._amplifies(request, response, now)):
+            self._challenge(endpoint, request, now)
             return
         self._send_response(endpoint, request, response, now)
 
     def _send_response(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float) -> None:
+        separate_type = None
+        if (self.tuning.echo_amplification_check and request.type is Type.CON
+                and not endpoint.layer.unanswered(request)
+                and not self.echo.address_verified(request.remote, now)):
+            # Already acknowledged (a slow handler): a separate CON would be retransmitted to an address
+            # that may never acknowledge it, multiplying what it receives; a NON goes once.
+            separate_type = Type.NON
         try:
-            endpoint.layer.respond(request, response, now)
+            endpoint.layer.respond(request, response, now, separate_type=separate_type)
         except error.MessageIdsExhausted as e:
             log.warning("dropping a separate response: %s", e)
         except (ValueError, TypeError, OverflowError):
@@ -357,74 +336,21 @@ class ServerDispatch:
 
     # --- amplification mitigation (RFC 9175 §2.4) ----------------------------------------------------
     #
-    # A response more than three times its request's size goes only to a peer that has shown it receives
-    # at its source address. Two proofs are accepted, because common clients support one or the other:
-    # an Echo value returned after a 4.01 challenge (the RFC's mechanism; libcoap, coapio), and a Reset to
-    # a CoAP ping (every RFC 7252 endpoint must send one; aiocoap answers at once, libcoap only to the
-    # ping's retransmission). So the response waits while a ping goes out; if no Reset comes within
-    # ``reachability_wait`` the request is answered with the challenge instead (still piggy-backed, so
-    # nothing is retransmitted to the unverified address), and a Reset that comes later verifies the peer
-    # for its next requests. A spoofed source receives the ping and its retransmissions, or a challenge.
+    # With ``echo_amplification_check`` a response more than three times its request's size, and any
+    # Observe registration (its notifications would follow without further requests), goes only to an
+    # address that has returned an Echo value of ours: the proof RFC 9175 §2.4 recommends, because only
+    # the requester can put it in a request. Until then the request is answered 4.01 with an Echo value
+    # (the challenge fits the allowance; a request too small even for that gets a bare 4.01). A Reset to
+    # a CoAP ping would not do: any CoAP endpoint resets pings, so a spoofer could aim a server at one.
 
-    def _amplifies(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float) -> bool:
-        """Whether ``response`` exceeds the allowance to the request's unverified source address."""
-        size = response.wire_size + len(request.token)  # the layer adds the request's token
-        if size <= AMPLIFICATION_FACTOR * request.wire_size:
-            return False
-        if not self.echo.is_verified(request, now):
-            return True
-        # A valid Echo value verified the peer just now: its ping, if any, has no purpose left.
-        ping = self._pings.pop(request.remote, None)
-        if ping is not None:
-            ping.endpoint.layer.cancel(ping.message, now)
-        self._release(request.remote, now)
-        return False
-
-    def _hold(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float) -> bool:
-        """Keep a response for an unverified peer until it answers a ping, or ``reachability_wait``.
-
-        False when too many responses wait already or no ping can be sent: then challenge at once.
-        """
-        if len(self._held_order) >= self.tuning.max_unverified_held:
-            self.limits.hit("max_unverified_held", now, "%d responses wait for their peers' reachability",
-                            len(self._held_order))
-            return False
-        if request.remote not in self._pings:
-            # The ping, and the challenge should it go unanswered, must together fit the allowance of
-            # the request that caused them; so this ping is sent once, not retransmitted.
-            challenge_bytes = 4 + len(request.token) + 1 + 1 + 12  # header, token, Echo option
-            if 4 + challenge_bytes > AMPLIFICATION_FACTOR * request.wire_size:
+    def _amplifies(self, request: Message, response: Message, now: float) -> bool:
+        """Whether ``response`` may not go to the request's source address yet."""
+        registers = request.opt.observe == OBSERVE_REGISTER and response.code.is_successful()
+        if not registers:
+            size = response.wire_size + len(request.token)  # the layer adds the request's token
+            if size <= AMPLIFICATION_FACTOR * request.wire_size:
                 return False
-        if not self._ping(endpoint, request.remote, now, retransmit=False):
-            return False
-        held = _Held(now + self.tuning.reachability_wait, endpoint, request, response)
-        self._held.setdefault(request.remote, []).append(held)
-        self._held_order.append(held)
-        return True
-
-    def _ping(self, endpoint: UDPEndpoint, remote: Remote, now: float, *, retransmit: bool) -> bool:
-        """Make sure a reachability check of ``remote`` is in flight; False if none can be sent.
-
-        A ping for a held response goes once (its budget is the request's allowance, and the Echo
-        challenge follows if it is not answered at once). A ping for owed notifications is retransmitted
-        like any CON (at most 4 bytes times MAX_RETRANSMIT + 1), because some clients (libcoap) reset
-        only a ping they see twice; it is sent once per verification, not per notification.
-        """
-        if remote in self._pings:
-            return True
-        if len(self._pings) >= self.tuning.max_unverified_held:
-            return False
-        ping = Message(Type.CON, Code.EMPTY, remote=remote)
-        tuning = endpoint.layer.tuning
-        if not retransmit:
-            tuning = attrs.evolve(tuning, max_retransmit=0)
-        try:
-            endpoint.layer.send(ping, now, tuning=tuning)
-        except error.CoapError as e:
-            log.warning("cannot check the reachability of %r: %s", remote, e)
-            return False
-        self._pings[remote] = _Ping(ping, endpoint, retransmit)
-        return True
+        return not self.echo.is_verified(request, now)  # a valid Echo value verifies the peer now
 
     def _challenge(self, endpoint: UDPEndpoint, request: Message, now: float) -> None:
         """Answer with 4.01 + Echo; never as a retransmitted CON, whatever became of the request."""
@@ -434,80 +360,7 @@ class ServerDispatch:
         response = self.echo.challenge(request, now)
         if response.wire_size + len(request.token) > AMPLIFICATION_FACTOR * request.wire_size:
             response = Message(code=Code.UNAUTHORIZED)  # not even the challenge fits: nothing but the code
-        if request.type is Type.CON and not endpoint.layer.unanswered(request):
-            # Already acknowledged (a slow handler): a separate CON would be retransmitted to an address
-            # that may never acknowledge it; a NON goes once.
-            try:
-                endpoint.layer.respond(request, response, now, separate_type=Type.NON)
-            except error.MessageIdsExhausted as e:
-                log.warning("dropping a separate response: %s", e)
-            return
         self._send_response(endpoint, request, response, now)
-
-    def _expire_held(self, now: float) -> None:
-        """Challenge the requests whose ping was not answered within ``reachability_wait``."""
-        order = self._held_order
-        touched: set[UDPEndpoint] = set()
-        while order and (order[0].done or order[0].deadline <= now):
-            held = order.popleft()
-            if held.done:
-                continue
-            held.done = True
-            waiting = self._held.get(held.request.remote)
-            if waiting is not None:
-                waiting.remove(held)
-                if not waiting:
-                    del self._held[held.request.remote]
-            if not held.endpoint.closed:
-                self._challenge(held.endpoint, held.request, now)
-                touched.add(held.endpoint)
-        for endpoint in touched:
-            endpoint.flush()
-
-    def _reachability_answered(self, remote: Remote, now: float) -> None:
-        """The peer answered the ping: it is verified."""
-        del self._pings[remote]
-        self.echo.mark_verified(remote, now)
-        self._release(remote, now)
-
-    def _release(self, remote: Remote, now: float) -> None:
-        """A verified peer gets what waited for it: held responses, owed notifications."""
-        touched: set[UDPEndpoint] = set()
-        for held in self._held.pop(remote, ()):
-            held.done = True
-            if not held.endpoint.closed:
-                self._send_response(held.endpoint, held.request, held.response, now)
-                touched.add(held.endpoint)
-        for endpoint in touched:
-            endpoint.flush()
-        waiting = self._held_observers.pop(remote, None)
-        if waiting:
-            for observer in waiting:
-                self.observers.reschedule(observer, now)
-            self.wake()
-
-    def _reachability_failed(self, remote: Remote, now: float | None) -> None:
-        """No answer to the ping: the source address was not the requester's, or it is gone (``now`` is
-        None for an ICMP error: no second try). Observers owed notifications get one retransmitted ping."""
-        ping = self._pings.pop(remote, None)
-        touched: set[UDPEndpoint] = set()
-        for held in self._held.pop(remote, ()):
-            # The ping failed before its wait was over (a short ACK_TIMEOUT): challenge now instead.
-            held.done = True
-            if now is not None and not held.endpoint.closed:
-                self._challenge(held.endpoint, held.request, now)
-                touched.add(held.endpoint)
-        for endpoint in touched:
-            endpoint.flush()
-        waiting = self._held_observers.get(remote)
-        if not waiting:
-            return
-        if (ping is not None and not ping.retransmitted and now is not None
-                and self._ping(ping.endpoint, remote, now, retransmit=True)):
-            return
-        del self._held_observers[remote]
-        for observer in waiting:
-            self._drop_observer(observer if self.observers.remove(observer) else None)
 
     # --- observation ---------------------------------------------------------------------------------
 
@@ -585,15 +438,6 @@ class ServerDispatch:
             if endpoint is None or endpoint.closed:
                 self._drop_observer(observer if self.observers.remove(observer) else None)
                 continue
-            if self.tuning.echo_amplification_check and not self.echo.address_verified(observer.remote, now):
-                # Every notification exceeds what one registration allows towards an address that has
-                # not shown it is the observer's (§2.4): it waits for the reachability check, still owed.
-                if self._ping(endpoint, observer.remote, now, retransmit=True):
-                    self._held_observers.setdefault(observer.remote, set()).add(observer)
-                else:
-                    self._drop_observer(observer if self.observers.remove(observer) else None)
-                touched.add(endpoint)
-                continue
             resource = observer.resource
             handler = resource.handler(observer.request.code)
             if handler is None or handler.is_async:
@@ -656,9 +500,6 @@ class ServerDispatch:
 
     def on_network_error(self, remote: Remote) -> None:
         """The peer is unreachable (ICMP): its observations end now, not after a CON times out."""
-        if remote in self._pings:
-            self._pings.pop(remote)
-            self._reachability_failed(remote, None)
         for observer in self.observers.remove_remote(remote):
             self._drop_observer(observer)
 
@@ -668,18 +509,10 @@ class ServerDispatch:
             self.observers.on_acknowledged(message, now)
 
     def on_reset(self, message: Message) -> None:
-        ping = self._pings.get(message.remote)
-        if ping is not None and ping.message is message:
-            self._reachability_answered(message.remote, anyio.current_time())
-            return
         if message.opt.observe is not None or self.observers.get(message.remote, message.token):
             self._drop_observer(self.observers.on_reset(message))
 
     def on_timeout(self, message: Message) -> None:
-        ping = self._pings.get(message.remote)
-        if ping is not None and ping.message is message:
-            self._reachability_failed(message.remote, anyio.current_time())
-            return
         if message.opt.observe is not None:
             self._drop_observer(self.observers.on_timeout(message))
 
@@ -687,17 +520,14 @@ class ServerDispatch:
         """When the server wants to run again: notifications due or owed (pacing), reassembly expiry."""
         if self._due:
             return -math.inf  # more of a fan-out to send, right after the next drain
-        if not self.observers and not self.reassembler and not self._held_order:
+        if not self.observers and not self.reassembler:
             return None  # the common case on a busy server: asked on every wake-up, answered cheaply
-        deadlines = [d for d in (self.observers.next_deadline(), self.reassembler.next_deadline(),
-                                 self._held_order[0].deadline if self._held_order else None) if d]
+        deadlines = [d for d in (self.observers.next_deadline(), self.reassembler.next_deadline()) if d]
         return min(deadlines) if deadlines else None
 
     def on_timer(self, now: float) -> None:
-        if not self._due and not self.observers and not self.reassembler and not self._held_order:
+        if not self._due and not self.observers and not self.reassembler:
             return
-        if self._held_order:
-            self._expire_held(now)
         self.reassembler.expire(now)
         if self._due or self.observers.next_deadline() is not None:
             self.send_due(now)

@@ -73,15 +73,13 @@ class TransportTuning:
     max_send_backlog: int = attrs.field(default=4_096, validator=_at_least_one)
     #: How often, at most, a log line says that one of these bounds was reached (they are counted always).
     limit_log_interval: float = attrs.field(default=60.0, validator=_positive)
-    #: Amplification mitigation (RFC 9175 §2.4): a response more than three times its request's size
-    #: goes to a peer only once the peer has shown that it receives at its address: by answering a CoAP
-    #: ping within ``reachability_wait`` (the response waits that long at most), or else by returning the
-    #: Echo value of a 4.01 challenge. At most ``max_unverified_held`` responses wait at once; beyond,
-    #: requests are challenged at once. ``echo_freshness`` is how old an Echo value may be to count as
-    #: fresh for resources that require freshness (§2.3).
-    echo_amplification_check: bool = True
-    reachability_wait: float = attrs.field(default=0.1, validator=_positive)
-    max_unverified_held: int = attrs.field(default=1_000, validator=_at_least_one)
+    #: Amplification mitigation (RFC 9175 §2.4): a response more than three times its request's size,
+    #: and any Observe registration, goes only to an address that has returned an Echo value (it gets a
+    #: 4.01 challenge first; coapio's and libcoap's clients repeat the request with it, aiocoap 0.4's do
+    #: only under OSCORE). Off by default for that reason; turn it on for a server on an open network.
+    #: ``echo_freshness`` is how old an Echo value may be to count as fresh for resources that require
+    #: freshness (§2.3).
+    echo_amplification_check: bool = False
     echo_freshness: float = attrs.field(default=10.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
@@ -89,10 +87,6 @@ class TransportTuning:
             raise ValueError("ack_random_factor must be at least 1")
         if self.max_retransmit < 0:
             raise ValueError("max_retransmit must not be negative")
-        if self.reachability_wait >= self.empty_ack_delay:
-            # The challenge must still ride on the ACK: a separate CON would be retransmitted towards an
-            # address that may never acknowledge it.
-            raise ValueError("reachability_wait must be shorter than empty_ack_delay")
 
     @property
     def processing_delay(self) -> float:

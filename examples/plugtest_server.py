@@ -702,7 +702,7 @@ def resource_at(site: Site, path: str) -> Resource:
 
 #: The ETSI test descriptions fix every message of an exchange, and a plugtest runs on a closed lab
 #: network: this server answers as they describe, without the amplification mitigation (RFC 9175 §2.4)
-#: that a server on an open network keeps on (the default; see TransportTuning).
+#: that a server on an open network should turn on (see TransportTuning.echo_amplification_check).
 TUNING = coapio.TransportTuning(echo_amplification_check=False)
 
 

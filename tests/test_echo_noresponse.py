@@ -105,45 +105,59 @@ async def test_raw_request_without_echo_gets_4_01_with_an_echo_value() -> None:
     assert actuator.posts == 0
 
 
-async def test_amplification_check_holds_a_large_response_until_the_peer_answers_a_ping() -> None:
-    """RFC 9175 §2.4: a 500-byte answer to a 14-byte request waits until the source address has shown it
-    is the requester's; a CoAP ping, which every endpoint resets, shows it without Echo support."""
-    async with Context(bind=[LOCAL], site=site(Actuator())) as server:
+GUARDED = attrs.evolve(TransportTuning(), echo_amplification_check=True)
+
+
+async def test_amplification_check_asks_unverified_peers_for_echo_first() -> None:
+    """RFC 9175 §2.4: a 500-byte answer to a 14-byte request waits for an Echo round trip."""
+    async with Context(bind=[LOCAL], site=site(Actuator()), tuning=GUARDED) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
             await sock.connect(server.endpoints[0].sock.getsockname())
             get = Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r")
             await sock.send(get.encode())
-            ping = Message.decode(await sock.recv(2048))
-            assert (ping.type, ping.code, ping.token, ping.payload) == (Type.CON, Code.EMPTY, b"", b"")
-            await sock.send(Message(Type.RST, Code.EMPTY, ping.mid).encode())
-            answer = Message.decode(await sock.recv(2048))
-            assert (answer.type, answer.mid, answer.code) == (Type.ACK, 10, Code.CONTENT)
-            assert len(answer.payload) == 500
-            # Verified now: the next large answer comes at once.
-            get.mid = 11
-            await sock.send(get.encode())
-            assert len(Message.decode(await sock.recv(2048)).payload) == 500
-        async with Context(bind=[LOCAL]) as client:  # coapio's client resets pings like any endpoint
-            assert len((await client.get(uri(server))).payload) == 500
-
-
-async def test_an_echo_value_also_verifies_the_peer() -> None:
-    async with Context(bind=[LOCAL], site=site(Actuator())) as server:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
-            remote = sock.getsockname()
-            get = Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r")
-            get.opt.echo = server.server.echo.make(remote, trio.current_time())
+            data = await sock.recv(2048)
+            challenge = Message.decode(data)
+            assert challenge.code is Code.UNAUTHORIZED and len(data) <= 3 * len(get.encode())
+            get.mid, get.opt.echo = 11, challenge.opt.echo
             await sock.send(get.encode())
             answer = Message.decode(await sock.recv(2048))
             assert answer.code is Code.CONTENT and len(answer.payload) == 500
+            # Verified now: the next large answer comes at once, without Echo.
+            get.mid, get.opt.echo = 12, None
+            await sock.send(get.encode())
+            assert len(Message.decode(await sock.recv(2048)).payload) == 500
+        async with Context(bind=[LOCAL]) as client:  # coapio's client does the round trip by itself
+            assert len((await client.get(uri(server))).payload) == 500
+
+
+async def test_a_ping_reset_does_not_verify_a_peer() -> None:
+    """Any CoAP endpoint resets a ping, so a Reset proves nothing about who sent a request: a spoofer
+    could aim the server at one. Only an Echo value returned in a request verifies."""
+    async with Context(bind=[LOCAL], site=site(Actuator()), tuning=GUARDED) as server:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(5):
+            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.send(Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r").encode())
+            assert Message.decode(await sock.recv(2048)).code is Code.UNAUTHORIZED
+        assert not server.server.echo._verified
+
+
+async def test_an_observe_registration_from_an_unverified_peer_is_challenged() -> None:
+    """Notifications would follow a registration without further requests: register only verified peers."""
+    async with Context(bind=[LOCAL], site=site(Actuator()), tuning=GUARDED) as server:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(5):
+            await sock.connect(server.endpoints[0].sock.getsockname())
+            register = Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r")
+            register.opt.observe = 0
+            await sock.send(register.encode())
+            assert Message.decode(await sock.recv(2048)).code is Code.UNAUTHORIZED
+        assert not server.server.observers
 
 
 async def test_without_the_check_a_large_response_goes_at_once() -> None:
-    unguarded = attrs.evolve(TransportTuning(), echo_amplification_check=False)
-    async with Context(bind=[LOCAL], site=site(Actuator()), tuning=unguarded) as server:
+    async with Context(bind=[LOCAL], site=site(Actuator())) as server:  # the default
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
             await sock.connect(server.endpoints[0].sock.getsockname())

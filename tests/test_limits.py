@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning, Type
@@ -329,3 +330,38 @@ def test_limit_log_logs_once_per_interval_and_counts_every_hit(caplog: pytest.Lo
         "limit max_observers reached: full",
         "limit max_handlers reached: 99 running (49 more since the last report)",
     ]
+
+
+class Retargeting(Resource):
+    """An async handler that reuses its request object for something else (changes its remote)."""
+
+    async def render_get(self, request: Message) -> Message:
+        request.remote = ("127.0.0.1", 9)
+        await trio.lowlevel.checkpoint()
+        return Message(payload=b"done")
+
+
+async def test_a_handler_changing_request_remote_does_not_break_the_handler_count(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    site, _ = make_site()
+    site.add("retarget", Retargeting())
+    async with Context(bind=[LOCAL], site=site) as ctx, RawPeer(ctx) as peer:
+        for _ in range(3):
+            await peer.send(get("retarget"))
+        await peer.collect(1.0)
+        assert ctx.server._running == 0 and not ctx.server._running_per_peer
+        await peer.send(get("store"))  # and the server still serves
+        assert (await peer.collect())[peer.mid].code == Code.CONTENT
+
+
+async def test_small_block1_responses_take_no_transfer_slot(autojump_clock: trio.testing.MockClock) -> None:
+    """Only a response that needs a Block2 phase is kept; a short answer to an upload is not."""
+    site, _ = make_site()
+    tuning = TransportTuning(max_block_transfers_per_peer=2)
+    async with Context(bind=[LOCAL], site=site, tuning=tuning) as ctx, Context(bind=[LOCAL]) as client:
+        host, port = ctx.endpoints[0].local[:2]
+        for _ in range(5):
+            response = await client.put(f"coap://{host}:{port}/store", b"u" * 3000)
+            assert response.code == Code.CHANGED
+        assert not ctx.server.reassembler
