@@ -50,6 +50,8 @@ _CMSG_SPACE = 64
 _MAX_SOURCES = 65536  # peers whose local address is remembered (the oldest are forgotten first)
 _DRAIN_BUDGET = 512  # datagrams handled per wake-up before letting other tasks run
 _MAX_DATAGRAM = 65535
+#: Errors a send reports for an ICMP message (about this datagram's peer or, pending, an earlier one's).
+_ICMP_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
 def parse_bind(bind: str | tuple[str, int]) -> tuple[str, int]:
@@ -213,15 +215,9 @@ class UDPEndpoint:
         if self._backlog:
             self._hold(out)
             return
-        sendto = self.sock.sendto
-        sources = self._sources
         for i, (data, remote) in enumerate(out):
             try:
-                source = sources.get(remote) if sources else None
-                if source is None:
-                    sendto(data, remote)
-                else:
-                    self.sock.sendmsg([data], [source], 0, remote)
+                self._send_one(data, remote)
             except BlockingIOError:
                 self._hold(out[i:])
                 if self._sleep is not None:
@@ -233,11 +229,35 @@ class UDPEndpoint:
                     # as on the wire, and retransmission repairs it; the peer is not unreachable.
                     self.layer.stats.send_dropped += 1
                     continue
+                if e.errno in _ICMP_ERRNOS:
+                    # With IP_RECVERR, an ICMP error about an *earlier* datagram, to any peer, is reported
+                    # by the next send, whatever its destination. The error queue names the peer it
+                    # concerns; this datagram goes again unless its own peer was the one named.
+                    if remote in self._read_error_queue():
+                        continue
+                    try:
+                        self._send_one(data, remote)
+                        continue
+                    except BlockingIOError:
+                        self._hold(out[i:])
+                        if self._sleep is not None:
+                            self._sleep.cancel()
+                        return
+                    except OSError as again:
+                        e = again
                 # A send error concerns one peer (unreachable, bad address): fail its exchanges only.
                 self._network_error(remote, e)
-                # The error also sits in the socket's error queue, which keeps the socket readable:
-                # read it now, or the socket task would wake for it again and again.
+                # Read what the error queue still holds, or the socket would wake the task for it again
+                # and again (it stays readable while the queue has entries).
                 self._read_error_queue()
+
+    def _send_one(self, data: bytes, remote: Remote) -> None:
+        sources = self._sources
+        source = sources.get(remote) if sources else None
+        if source is None:
+            self.sock.sendto(data, remote)
+        else:
+            self.sock.sendmsg([data], [source], 0, remote)
 
     def _hold(self, out: list[tuple[bytes, Remote]]) -> None:
         """Keep datagrams for when the socket is writable again, up to ``max_send_backlog``."""
@@ -366,20 +386,23 @@ class UDPEndpoint:
         backlog, self._backlog = self._backlog, []
         self._write(backlog)
 
-    def _read_error_queue(self) -> None:
-        """Turn queued ICMP errors into network errors of the peers they concern."""
+    def _read_error_queue(self) -> set[Remote]:
+        """Turn queued ICMP errors into network errors of the peers they concern; return those peers."""
         sock = self.sock
+        named: set[Remote] = set()
         for _ in range(_DRAIN_BUDGET):
             try:
                 _, ancdata, _, remote = sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
             except BlockingIOError:
-                return
+                break
             except OSError as e:
                 if e.errno == errno.EAGAIN:
-                    return
+                    break
                 continue  # the pending error was consumed by recvmsg itself; read on
             code = errno.EHOSTUNREACH
             for level, kind, data in ancdata:
                 if (level, kind) in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
                     code = struct.unpack_from("=I", data)[0]
+            named.add(remote)
             self._network_error(remote, OSError(code, errno.errorcode.get(code, str(code))))
+        return named

@@ -559,3 +559,38 @@ async def test_an_internal_error_costs_one_request_not_the_endpoint(
     assert first.code == Code.INTERNAL_SERVER_ERROR
     assert second.code == Code.CONTENT and counting.calls == 1
     assert "internal error serving" in caplog.text
+
+
+async def test_an_icmp_error_about_one_observer_is_not_blamed_on_the_next_one() -> None:
+    """With IP_RECVERR the ICMP error about an earlier datagram is reported by the next send, whatever
+    its destination: the error queue, not that send, says which peer is gone."""
+
+    class Gauge(coapio.ObservableResource):
+        def render_get(self, request: Message) -> Message:
+            return Message(payload=b"42")
+
+    site = Site()
+    gauge = Gauge()
+    site.add("g", gauge)
+    async with Context(bind=[LOCAL], site=site) as server:
+        address = server.endpoints[0].local
+        sockets = []
+        with trio.fail_after(5):
+            for i in range(6):
+                sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                await sock.bind(("127.0.0.1", 0))
+                sockets.append(sock)
+                register = Message(Type.CON, Code.GET, 1, b"tk%d" % i, uri=f"coap://127.0.0.1:{address[1]}/g")
+                register.opt.uri_host = None
+                register.opt.observe = 0
+                await sock.sendto(register.encode(), address)
+                await sock.recv(2048)
+            sockets[1].close()  # observer 1 goes away; the others stay
+            gauge.notify()
+            await trio.testing.wait_all_tasks_blocked()
+            left = sorted(int(o.token[2:]) for o in server.server.observers.all())
+            assert left == [0, 2, 3, 4, 5]
+            for i, sock in enumerate(sockets):
+                if i != 1:
+                    assert Message.decode(await sock.recv(2048)).payload == b"42"  # every live one notified
+                    sock.close()
