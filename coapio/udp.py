@@ -244,6 +244,9 @@ class UDPEndpoint:
                             self._sleep.cancel()
                         return
                     except OSError as again:
+                        if again.errno == errno.ENOBUFS:
+                            self.layer.stats.send_dropped += 1
+                            continue
                         e = again
                 # A send error concerns one peer (unreachable, bad address): fail its exchanges only.
                 self._network_error(remote, e)
