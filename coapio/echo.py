@@ -15,7 +15,9 @@ import os
 import struct
 from collections import OrderedDict
 
+from .codes import Code
 from .message import Message, Remote
+from .observe import OBSERVE_REGISTER
 
 __all__ = ["AMPLIFICATION_FACTOR", "EchoGuard"]
 
@@ -91,9 +93,17 @@ class EchoGuard:
         return False
 
     def amplification_risk(self, request: Message, response: Message, now: float) -> bool:
-        """True when ``response`` would exceed the §2.4 allowance to a peer not yet verified."""
-        if response.wire_size <= AMPLIFICATION_FACTOR * request.wire_size:
-            return False
+        """True when ``response`` may not go to the request's source address yet (§2.4).
+
+        That is when it exceeds three times the request (counting the request's token, which the
+        response will carry) or registers an observation (notifications follow without further requests),
+        and the peer is not verified; a valid Echo value in ``request`` verifies it now.
+        """
+        registers = request.opt.observe == OBSERVE_REGISTER and response.code.is_successful()
+        if not registers:
+            size = response.wire_size + (len(request.token) if not response.token else 0)
+            if size <= AMPLIFICATION_FACTOR * request.wire_size:
+                return False
         return not self.is_verified(request, now)
 
     def challenge(self, request: Message, now: float) -> Message:
@@ -102,8 +112,13 @@ class EchoGuard:
         It has no diagnostic payload: it must itself fit the allowance it enforces, even for the smallest
         requests (a challenge is about 20 bytes).
         """
-        from .codes import Code
-
         response = Message(code=Code.UNAUTHORIZED)
         response.opt.echo = self.make(request.remote, now)
+        return response
+
+    def amplification_challenge(self, request: Message, now: float) -> Message:
+        """:meth:`challenge`, or a bare 4.01 for a request too small for even that to fit the allowance."""
+        response = self.challenge(request, now)
+        if response.wire_size + len(request.token) > AMPLIFICATION_FACTOR * request.wire_size:
+            return Message(code=Code.UNAUTHORIZED)
         return response

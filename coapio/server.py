@@ -21,7 +21,7 @@ from . import error
 from ._limits import LimitLog
 from .blockwise import Block1Reassembler, Complete, Continue, segment_response
 from .codes import Code, Type
-from .echo import AMPLIFICATION_FACTOR, EchoGuard
+from .echo import EchoGuard
 from .message import Message, Remote
 from .observe import OBSERVE_REGISTER, Observer, ObserverTable
 from .options import OptionNumber
@@ -312,7 +312,7 @@ class ServerDispatch:
                 endpoint.layer.acknowledge(request, now)
             return
         if (self.tuning.echo_amplification_check and not self.echo.address_verified(request.remote, now)
-                and self._amplifies(request, response, now)):
+                and self.echo.amplification_risk(request, response, now)):
             self._challenge(endpoint, request, now)
             return
         self._send_response(endpoint, request, response, now)
@@ -343,24 +343,12 @@ class ServerDispatch:
     # (the challenge fits the allowance; a request too small even for that gets a bare 4.01). A Reset to
     # a CoAP ping would not do: any CoAP endpoint resets pings, so a spoofer could aim a server at one.
 
-    def _amplifies(self, request: Message, response: Message, now: float) -> bool:
-        """Whether ``response`` may not go to the request's source address yet."""
-        registers = request.opt.observe == OBSERVE_REGISTER and response.code.is_successful()
-        if not registers:
-            size = response.wire_size + len(request.token)  # the layer adds the request's token
-            if size <= AMPLIFICATION_FACTOR * request.wire_size:
-                return False
-        return not self.echo.is_verified(request, now)  # a valid Echo value verifies the peer now
-
     def _challenge(self, endpoint: UDPEndpoint, request: Message, now: float) -> None:
         """Answer with 4.01 + Echo; never as a retransmitted CON, whatever became of the request."""
         if request.opt.observe == OBSERVE_REGISTER:
             # A registration answered with an error is no registration (RFC 7641 §4.1).
             self._drop_observer(self.observers.deregister(request.remote, request.token))
-        response = self.echo.challenge(request, now)
-        if response.wire_size + len(request.token) > AMPLIFICATION_FACTOR * request.wire_size:
-            response = Message(code=Code.UNAUTHORIZED)  # not even the challenge fits: nothing but the code
-        self._send_response(endpoint, request, response, now)
+        self._send_response(endpoint, request, self.echo.amplification_challenge(request, now), now)
 
     # --- observation ---------------------------------------------------------------------------------
 

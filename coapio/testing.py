@@ -177,6 +177,24 @@ class _Client:
         self.down = down
 
 
+async def _drain_forever(sock: socket.socket, arrive: Callable[[bytes, Address, float], None]) -> None:
+    """Hand every datagram ``sock`` receives to ``arrive``, draining up to a budget per wake-up."""
+    while True:
+        now = anyio.current_time()
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                data, source = sock.recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue  # an error report about an earlier send; nothing to relay
+            arrive(data, source, now)
+        else:
+            await anyio.lowlevel.checkpoint()  # the budget ran out: let the other tasks run
+            continue
+        await anyio.wait_readable(sock)
+
+
 class LossyRelay:
     """A UDP relay between clients and ``target`` that impairs the datagrams; see the module docstring.
 
@@ -306,26 +324,16 @@ class LossyRelay:
 
     async def _serve_front(self) -> None:
         """Read clients' datagrams and send them upstream, each client from its own socket."""
-        sock = self._front
-        assert sock is not None
+        assert self._front is not None
         clients = self._clients
-        while True:
-            now = anyio.current_time()
-            for _ in range(_DRAIN_BUDGET):
-                try:
-                    data, source = sock.recvfrom(_MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue  # an error report about an earlier send; nothing to relay
-                client = clients.get(source)
-                if client is None:
-                    client = self._new_client(source)
-                self._arrive(client.up, data, now)
-            else:
-                await anyio.lowlevel.checkpoint()
-                continue
-            await anyio.wait_readable(sock)
+
+        def arrive(data: bytes, source: Address, now: float) -> None:
+            client = clients.get(source)
+            if client is None:
+                client = self._new_client(source)
+            self._arrive(client.up, data, now)
+
+        await _drain_forever(self._front, arrive)
 
     def _new_client(self, address: Address) -> _Client:
         upstream = self._open_socket()
@@ -343,24 +351,14 @@ class LossyRelay:
 
     async def _serve_upstream(self, client: _Client) -> None:
         """Read the target's answers to one client and send them back to it."""
-        sock = client.upstream
         flow = client.down
-        target = self.target
-        while True:
-            now = anyio.current_time()
-            for _ in range(_DRAIN_BUDGET):
-                try:
-                    data, source = sock.recvfrom(_MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue
-                if source[0] == target[0] and source[1] == target[1]:
-                    self._arrive(flow, data, now)
-            else:
-                await anyio.lowlevel.checkpoint()
-                continue
-            await anyio.wait_readable(sock)
+        host, port = self.target[0], self.target[1]
+
+        def arrive(data: bytes, source: Address, now: float) -> None:
+            if source[0] == host and source[1] == port:
+                self._arrive(flow, data, now)
+
+        await _drain_forever(client.upstream, arrive)
 
     async def _run_timers(self) -> None:
         """Send the delayed copies and release the held datagrams as they fall due."""

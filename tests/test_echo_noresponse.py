@@ -48,6 +48,27 @@ def test_large_response_to_an_unverified_peer_is_an_amplification_risk() -> None
     assert guard.amplification_risk(small, big, 1000.0)
 
 
+def test_the_allowance_counts_the_token_and_covers_observe_registrations() -> None:
+    guard = EchoGuard()
+    small = Message(Type.CON, Code.GET, 1, b"12345678", remote=PEER)  # 12 bytes: 36 allowed
+    fits = Message(code=Code.CONTENT, payload=b"y" * 23)  # 28 bytes, 36 with the token it will carry
+    assert not guard.amplification_risk(small, fits, 0.0)
+    assert guard.amplification_risk(small, Message(code=Code.CONTENT, payload=b"y" * 24), 0.0)
+    registration = small.copy()
+    registration.opt.observe = 0  # notifications would follow without further requests
+    assert guard.amplification_risk(registration, Message(code=Code.CONTENT), 0.0)
+    assert not guard.amplification_risk(registration, Message(code=Code.NOT_FOUND), 0.0)
+
+
+def test_the_amplification_challenge_fits_even_the_smallest_request() -> None:
+    guard = EchoGuard()
+    tiny = Message(Type.CON, Code.GET, 1, remote=PEER)  # 4 bytes: a 4.01 with Echo (18) would not fit
+    assert guard.amplification_challenge(tiny, 0.0).opt.echo is None
+    usual = Message(Type.CON, Code.GET, 1, b"tk", uri="coap://h/some/path")
+    usual.remote = PEER
+    assert guard.amplification_challenge(usual, 0.0).opt.echo is not None
+
+
 def test_verified_peers_are_bounded() -> None:
     guard = EchoGuard(max_verified=10)
     for port in range(100):
