@@ -6,16 +6,16 @@ The public API is what ``__all__`` lists, plus the modules :mod:`coapio.error`, 
 releases.
 """
 
-from .codes import Code, Type
-from .contentformat import ContentFormat
-from .context import Context, Counters, Observation
 from .error import CoapError, MessageFormatError
-from .message import Message
-from .options import BlockValue, OptionNumber, Options
-from .pipe import Pipe, PipeEvent
-from .resource import Resource, Site, check_preconditions, validate_etag
-from .server import ObservableResource
-from .tuning import TransportTuning
+from .protocol.codes import Code, Type
+from .protocol.contentformat import ContentFormat
+from .protocol.message import Message
+from .protocol.options import BlockValue, OptionNumber, Options
+from .protocol.tuning import TransportTuning
+from .runtime.context import Context, Counters, Observation
+from .runtime.pipe import Pipe, PipeEvent
+from .runtime.resource import Resource, Site, check_preconditions, validate_etag
+from .runtime.server import ObservableResource
 
 __version__ = "0.1.0.dev0"
 

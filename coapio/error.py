@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-from .codes import Code
+from .protocol.codes import Code
 
 __all__ = [
     "BadOption",

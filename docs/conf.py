@@ -69,16 +69,16 @@ html_theme_options = {
 #: Modules whose every ``__all__`` name must end up documented (checked at the end of reading).
 PUBLIC_MODULES = [
     "coapio",
-    "coapio.codes",
-    "coapio.contentformat",
+    "coapio.protocol.codes",
+    "coapio.protocol.contentformat",
     "coapio.error",
-    "coapio.linkformat",
-    "coapio.message",
-    "coapio.messagelayer",
-    "coapio.options",
+    "coapio.protocol.linkformat",
+    "coapio.protocol.message",
+    "coapio.protocol.messagelayer",
+    "coapio.protocol.options",
     "coapio.testing",
-    "coapio.tuning",
-    "coapio.uri",
+    "coapio.protocol.tuning",
+    "coapio.protocol.uri",
 ]
 
 _logger = logging.getLogger("coapio.docs")
@@ -97,7 +97,7 @@ def _attrs_defaults(
     return _ATTRS_DEFAULT.sub(lambda m: repr(fields[m.group(1)].default), signature), return_annotation
 
 
-# Accessor class in coapio.options -> (value type, the value that removes the option).
+# Accessor class in coapio.protocol.options -> (value type, the value that removes the option).
 _ACCESSOR_TYPES = {
     "_Uint": ("``int | None``", "``None``"),
     "_String": ("``str | None``", "``None``"),

@@ -28,9 +28,9 @@ import trio
 import coapio
 from coapio import Code, ContentFormat, Message, ObservableResource, Resource, Site
 from coapio.error import NotAcceptable, NotFound
-from coapio.linkformat import serialize_links
-from coapio.observe import OBSERVE_REGISTER
-from coapio.resource import WellKnownCore, check_preconditions, validate_etag
+from coapio.protocol.linkformat import serialize_links
+from coapio.protocol.observe import OBSERVE_REGISTER
+from coapio.runtime.resource import WellKnownCore, check_preconditions, validate_etag
 
 __all__ = ["OBS_PERIOD", "SEPARATE_DELAY", "build_site", "main", "resource_at", "serve", "serve_until_signal"]
 

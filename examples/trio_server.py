@@ -34,7 +34,7 @@ from coapio.error import (
     RequestEntityTooLarge,
     UnsupportedContentFormat,
 )
-from coapio.resource import check_preconditions, validate_etag
+from coapio.runtime.resource import check_preconditions, validate_etag
 
 log = logging.getLogger("trio_server")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coapio import Code, Message, ObservableResource, Resource, Site
-from coapio.options import KNOWN_OPTIONS, SPECS, UNIMPLEMENTED_CRITICAL
+from coapio.protocol.options import KNOWN_OPTIONS, SPECS, UNIMPLEMENTED_CRITICAL
 
 __all__ = [
     "RECOGNIZED",

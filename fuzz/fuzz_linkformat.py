@@ -19,7 +19,7 @@ with atheris.instrument_imports() if atheris is not None else contextlib.nullcon
     import coapfuzz
 
     from coapio.error import LinkFormatError
-    from coapio.linkformat import filter_links, parse_links, serialize_links
+    from coapio.protocol.linkformat import filter_links, parse_links, serialize_links
 
 BASE = "coap://[2001:db8::1]:61616/.well-known/core"
 

@@ -21,7 +21,7 @@ with atheris.instrument_imports() if atheris is not None else contextlib.nullcon
 
     from coapio import Message
     from coapio.error import CoapError, MessageFormatError, WireAction
-    from coapio.options import Options, _Accessor
+    from coapio.protocol.options import Options, _Accessor
 
 #: Every typed accessor of Options (uri_path, block2, observe, ...), by attribute name.
 ACCESSORS = sorted(name for name, value in vars(Options).items() if isinstance(value, _Accessor))

@@ -24,8 +24,8 @@ with atheris.instrument_imports() if atheris is not None else contextlib.nullcon
     import coapfuzz
 
     from coapio import Context, TransportTuning
-    from coapio.messagelayer import MessageLayer
-    from coapio.resource import Resource
+    from coapio.protocol.messagelayer import MessageLayer
+    from coapio.runtime.resource import Resource
 
 PEERS = [("127.0.0.1", 40000 + i) for i in range(4)]
 LOCAL = ("127.0.0.1", 5683)

@@ -19,7 +19,7 @@ with atheris.instrument_imports() if atheris is not None else contextlib.nullcon
     import coapfuzz
 
     from coapio.error import UriError
-    from coapio.uri import compose_uri, split_uri, uri_options
+    from coapio.protocol.uri import compose_uri, split_uri, uri_options
 
 
 def TestOneInput(data: bytes) -> None:  # the name atheris and libFuzzer use

@@ -18,9 +18,9 @@ from typing import NamedTuple
 
 from hypothesis import strategies as st
 
-from coapio.codes import Code, Type
-from coapio.message import Message
-from coapio.options import SPECS, OptionFormat, Options
+from coapio.protocol.codes import Code, Type
+from coapio.protocol.message import Message
+from coapio.protocol.options import SPECS, OptionFormat, Options
 
 __all__ = [
     "BOUNDARY_NUMBERS",

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coapio.blockwise import (
+from coapio.error import (
+    BadRequest,
+    RenderableError,
+    RequestEntityIncomplete,
+    RequestEntityTooLarge,
+    ResponseRejected,
+    ServiceUnavailable,
+)
+from coapio.protocol.blockwise import (
     Block1Reassembler,
     Block1Sender,
     Block2Assembler,
@@ -17,17 +25,9 @@ from coapio.blockwise import (
     derive_etag,
     segment_response,
 )
-from coapio.codes import Code, Type
-from coapio.error import (
-    BadRequest,
-    RenderableError,
-    RequestEntityIncomplete,
-    RequestEntityTooLarge,
-    ResponseRejected,
-    ServiceUnavailable,
-)
-from coapio.message import Message
-from coapio.options import BlockValue, OptionNumber
+from coapio.protocol.codes import Code, Type
+from coapio.protocol.message import Message
+from coapio.protocol.options import BlockValue, OptionNumber
 
 PEER = ("192.0.2.1", 5683)
 

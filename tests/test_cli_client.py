@@ -43,7 +43,7 @@ from coapio import (
 )
 from coapio.cli import client
 from coapio.cli.server import build_site, large_text
-from coapio.options import BlockValue
+from coapio.protocol.options import BlockValue
 
 CLIENT = [sys.executable, "-m", "coapio.cli.client"]
 SUBPROCESS_LIMIT = 30  # seconds any one subprocess may take before the test fails

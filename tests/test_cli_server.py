@@ -30,8 +30,8 @@ from conftest import require_binary
 
 from coapio import Code, ContentFormat, Context, Message, ObservableResource
 from coapio.cli import _common, server
-from coapio.linkformat import parse_links
-from coapio.options import BlockValue
+from coapio.protocol.linkformat import parse_links
+from coapio.protocol.options import BlockValue
 
 SERVER = [sys.executable, "-m", "coapio.cli.server"]
 SUBPROCESS_LIMIT = 30  # seconds any one subprocess may take before the test fails

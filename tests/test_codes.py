@@ -1,4 +1,4 @@
-"""Message types and codes (coapio.codes): values, classes, predicates, unregistered codes, text."""
+"""Message types and codes (coapio.protocol.codes): values, classes, predicates, unregistered codes, text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coapio.codes import Code, Type
+from coapio.protocol.codes import Code, Type
 
 
 def test_types_have_the_rfc7252_wire_values():

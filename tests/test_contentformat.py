@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coapio.contentformat import ContentFormat
+from coapio.protocol.contentformat import ContentFormat
 
 REGISTERED = list(ContentFormat)
 
@@ -55,7 +55,7 @@ def test_by_media_type_is_liberal_about_case_whitespace_and_quoting(
 
 def test_by_media_type_ignores_parameter_order() -> None:
     # No registered entry has two parameters, so build the comparison key directly.
-    from coapio.contentformat import _media_type_key
+    from coapio.protocol.contentformat import _media_type_key
 
     assert _media_type_key("a/b; x=1; y=2") == _media_type_key("A/B;y=2;x=1")
 

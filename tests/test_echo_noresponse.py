@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from coapio import Code, Context, Message, Resource, Site, TransportTuning, Type
-from coapio.echo import EchoGuard
+from coapio.protocol.echo import EchoGuard
 
 LOCAL = ("127.0.0.1", 0)
 PEER = ("127.0.0.1", 40000)

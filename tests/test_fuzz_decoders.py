@@ -34,13 +34,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from coapio import BlockValue, Code, ContentFormat, Message, Type
-from coapio.blockwise import Block1Sender, Block2Assembler
 from coapio.cli.client import format_payload
-from coapio.echo import EchoGuard
 from coapio.error import CoapError, MessageFormatError, ResponseRejected, UriError, WireAction
-from coapio.observe import ClientObservation, Verdict
-from coapio.options import OptionNumber, Options
-from coapio.uri import compose_uri, split_uri
+from coapio.protocol.blockwise import Block1Sender, Block2Assembler
+from coapio.protocol.echo import EchoGuard
+from coapio.protocol.observe import ClientObservation, Verdict
+from coapio.protocol.options import OptionNumber, Options
+from coapio.protocol.uri import compose_uri, split_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
 import coapfuzz

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import BOUNDARY_NUMBERS, REGISTERED_NUMBERS, messages, types
 
-from coapio.codes import Code, Type
-from coapio.message import Message
-from coapio.options import BlockValue, OptionNumber, Options, encode_uint
+from coapio.protocol.codes import Code, Type
+from coapio.protocol.message import Message
+from coapio.protocol.options import BlockValue, OptionNumber, Options, encode_uint
 
 aiocoap = require_interop("aiocoap")
 from aiocoap import optiontypes  # noqa: E402 - only once the peer is known to be importable

@@ -30,7 +30,7 @@ from conftest import require_interop
 
 from coapio import Code, ContentFormat, Context, Counters, Message, Resource, Site, TransportTuning, Type
 from coapio.error import BadRequest
-from coapio.linkformat import parse_links
+from coapio.protocol.linkformat import parse_links
 
 require_interop("aiocoap")
 import aiocoap  # noqa: E402 - only once the peer is known to be importable

@@ -37,7 +37,7 @@ from etsi_support import (
 )
 
 from coapio import Code, ContentFormat, Context, Message, TransportTuning, Type
-from coapio.linkformat import Link, parse_links
+from coapio.protocol.linkformat import Link, parse_links
 
 pytestmark = pytest.mark.interop
 

@@ -23,7 +23,7 @@ import trio
 from conftest import require_binary
 
 from coapio import Code, ContentFormat, Context, Counters, TransportTuning, Type
-from coapio.linkformat import parse_links
+from coapio.protocol.linkformat import parse_links
 
 pytestmark = pytest.mark.interop
 

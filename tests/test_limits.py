@@ -14,9 +14,9 @@ import trio.lowlevel
 import trio.testing
 
 from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning, Type
-from coapio._limits import LimitLog
-from coapio.messagelayer import SendQueueFull
-from coapio.options import BlockValue
+from coapio.protocol._limits import LimitLog
+from coapio.protocol.messagelayer import SendQueueFull
+from coapio.protocol.options import BlockValue
 
 LOCAL = ("127.0.0.1", 0)
 

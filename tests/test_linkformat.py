@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coapio.error import LinkFormatError
-from coapio.linkformat import (
+from coapio.protocol.linkformat import (
     _PARMNAME_RE,
     Link,
     _resolve_reference,

@@ -7,10 +7,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import datagram_parts, messages, mutated_datagrams, option_header, valid_datagrams
 
-from coapio.codes import Code, Type
 from coapio.error import MessageFormatError, WireAction
-from coapio.message import Message
-from coapio.options import BlockValue, Options
+from coapio.protocol.codes import Code, Type
+from coapio.protocol.message import Message
+from coapio.protocol.options import BlockValue, Options
 
 EXAMPLE = bytes.fromhex("4401abcd01020304b474696d65")
 
@@ -312,7 +312,7 @@ def test_repr_shows_type_code_mid_token_and_options():
 
 
 def test_uri_with_host_name_sets_uri_host_path_query_and_remote():
-    pytest.importorskip("coapio.uri")
+    pytest.importorskip("coapio.protocol.uri")
     msg = Message(Type.CON, Code.GET, uri="coap://example.com/sensors/temp?unit=c")
     assert msg.remote == ("example.com", 5683)
     assert msg.opt.uri_host == "example.com"
@@ -323,7 +323,7 @@ def test_uri_with_host_name_sets_uri_host_path_query_and_remote():
 
 
 def test_uri_with_ip_literal_sends_neither_uri_host_nor_uri_port():
-    pytest.importorskip("coapio.uri")
+    pytest.importorskip("coapio.protocol.uri")
     msg = Message(Type.CON, Code.GET, uri="coaps://[2001:db8::1]:61616/a")
     assert msg.scheme == "coaps"
     assert msg.remote == ("2001:db8::1", 61616)
@@ -334,7 +334,7 @@ def test_uri_with_ip_literal_sends_neither_uri_host_nor_uri_port():
 
 
 def test_message_from_uri_survives_the_wire():
-    pytest.importorskip("coapio.uri")
+    pytest.importorskip("coapio.protocol.uri")
     msg = Message(Type.CON, Code.GET, 1, b"t", uri="coap://example.com/a/b?x=1&y")
     decoded = Message.decode(msg.encode(), msg.remote)
     assert decoded == msg

@@ -10,7 +10,7 @@ import pytest
 
 from coapio import Code, Message, Type
 from coapio.error import MessageIdsExhausted
-from coapio.messagelayer import (
+from coapio.protocol.messagelayer import (
     Acknowledged,
     BadResponse,
     MessageLayer,
@@ -20,8 +20,8 @@ from coapio.messagelayer import (
     SendQueueFull,
     TimedOut,
 )
-from coapio.options import BlockValue
-from coapio.tuning import TransportTuning
+from coapio.protocol.options import BlockValue
+from coapio.protocol.tuning import TransportTuning
 
 CLIENT = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 5683)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from coapio import Code, Message, Type
-from coapio.messagelayer import (
+from coapio.protocol.messagelayer import (
     Acknowledged,
     Event,
     MessageLayer,
@@ -25,7 +25,7 @@ from coapio.messagelayer import (
     ResponseReceived,
     TimedOut,
 )
-from coapio.tuning import TransportTuning
+from coapio.protocol.tuning import TransportTuning
 
 CLIENT = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 5683)

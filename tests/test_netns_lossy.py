@@ -48,7 +48,7 @@ import pytest
 from netns_scenario import seeded_body
 
 from coapio import Code, Message, TransportTuning, Type
-from coapio.messagelayer import MessageLayer
+from coapio.protocol.messagelayer import MessageLayer
 
 SCENARIO = str(Path(__file__).with_name("netns_scenario.py"))
 CLIENT_IP, SERVER_IP, PORT = "10.77.0.1", "10.77.0.2", 5683

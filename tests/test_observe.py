@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coapio import Code, Message, Type
-from coapio.observe import (
+from coapio.protocol.observe import (
     CON_INTERVAL,
     OBSERVE_DEREGISTER,
     OBSERVE_REGISTER,

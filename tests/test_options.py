@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coapio.options import (
+from coapio.protocol.options import (
     KNOWN_OPTIONS,
     SPECS,
     BlockValue,

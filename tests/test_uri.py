@@ -1,4 +1,4 @@
-"""Tests for coapio.uri: RFC 7252 §6.4 (URI -> options) and §6.5 (options -> URI)."""
+"""Tests for coapio.protocol.uri: RFC 7252 §6.4 (URI -> options) and §6.5 (options -> URI)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coapio.error import UriError
-from coapio.uri import DEFAULT_PORTS, SCHEMES, UriParts, compose_uri, split_uri, uri_options
+from coapio.protocol.uri import DEFAULT_PORTS, SCHEMES, UriParts, compose_uri, split_uri, uri_options
 
 # ---------------------------------------------------------------------------------------------
 # Schemes and ports

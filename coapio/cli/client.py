@@ -26,13 +26,13 @@ import attrs
 import trio
 
 from .. import __version__, error
-from ..codes import Code
-from ..contentformat import ContentFormat
-from ..context import Context
-from ..linkformat import parse_links
-from ..message import Message
-from ..options import SPECS, BlockValue, OptionFormat, OptionNumber, decode_uint, encode_uint
-from ..tuning import TransportTuning
+from ..protocol.codes import Code
+from ..protocol.contentformat import ContentFormat
+from ..protocol.linkformat import parse_links
+from ..protocol.message import Message
+from ..protocol.options import SPECS, BlockValue, OptionFormat, OptionNumber, decode_uint, encode_uint
+from ..protocol.tuning import TransportTuning
+from ..runtime.context import Context
 from ._common import error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
 
 __all__ = [

@@ -27,13 +27,13 @@ import anyio
 import trio
 
 from .. import __version__
-from ..codes import Code
-from ..contentformat import ContentFormat
-from ..context import Context
-from ..message import Message
-from ..resource import Resource, Site
-from ..server import ObservableResource
-from ..udp import open_udp_socket, parse_bind
+from ..protocol.codes import Code
+from ..protocol.contentformat import ContentFormat
+from ..protocol.message import Message
+from ..runtime.context import Context
+from ..runtime.resource import Resource, Site
+from ..runtime.server import ObservableResource
+from ..transports.udp import open_udp_socket, parse_bind
 from ._common import error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
 
 __all__ = ["LARGE_SIZE", "Echo", "Large", "Time", "Welcome", "WhoAmI", "build_site", "large_text", "main"]

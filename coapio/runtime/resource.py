@@ -20,11 +20,11 @@ from typing import Any
 
 import attrs
 
-from . import error
-from .codes import Code
-from .contentformat import ContentFormat
-from .linkformat import Link, filter_links, serialize_links
-from .message import Message
+from .. import error
+from ..protocol.codes import Code
+from ..protocol.contentformat import ContentFormat
+from ..protocol.linkformat import Link, filter_links, serialize_links
+from ..protocol.message import Message
 
 __all__ = [
     "Renderer",

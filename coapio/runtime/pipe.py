@@ -19,7 +19,7 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .message import Message
+from ..protocol.message import Message
 
 __all__ = ["Pipe", "PipeEvent"]
 

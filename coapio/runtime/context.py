@@ -24,11 +24,11 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from . import error
-from .blockwise import Block1Sender, Block2Assembler
-from .codes import Code, Type
-from .message import Message, Remote
-from .messagelayer import (
+from .. import error
+from ..protocol.blockwise import Block1Sender, Block2Assembler
+from ..protocol.codes import Code, Type
+from ..protocol.message import Message, Remote
+from ..protocol.messagelayer import (
     Acknowledged,
     BadResponse,
     Event,
@@ -37,13 +37,13 @@ from .messagelayer import (
     ResponseReceived,
     TimedOut,
 )
-from .observe import OBSERVE_REGISTER, ClientObservation, Verdict
-from .options import BlockValue, OptionValue
+from ..protocol.observe import OBSERVE_REGISTER, ClientObservation, Verdict
+from ..protocol.options import BlockValue, OptionValue
+from ..protocol.tuning import TransportTuning
+from ..transports.udp import UDPEndpoint, open_udp_socket, parse_bind
 from .pipe import Pipe, PipeEvent
 from .resource import Site
 from .server import ServerDispatch
-from .tuning import TransportTuning
-from .udp import UDPEndpoint, open_udp_socket, parse_bind
 
 __all__ = ["Context", "Counters", "Observation", "TokenManager"]
 

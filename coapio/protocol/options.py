@@ -14,8 +14,8 @@ from typing import Any, Generic, TypeVar, overload
 
 import attrs
 
+from ..error import BadOption
 from ._enums import unnamed_member
-from .error import BadOption
 
 __all__ = [
     "BlockValue",

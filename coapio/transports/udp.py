@@ -31,10 +31,10 @@ import anyio.abc
 import anyio.lowlevel
 import trio
 
-from .message import Message, Remote
-from .messagelayer import Event, MessageLayer
-from .options import KNOWN_OPTIONS, UNIMPLEMENTED_CRITICAL
-from .tuning import TransportTuning
+from ..protocol.message import Message, Remote
+from ..protocol.messagelayer import Event, MessageLayer
+from ..protocol.options import KNOWN_OPTIONS, UNIMPLEMENTED_CRITICAL
+from ..protocol.tuning import TransportTuning
 
 __all__ = ["UDPEndpoint", "open_udp_socket", "parse_bind"]
 

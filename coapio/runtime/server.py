@@ -17,17 +17,17 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import error
-from ._limits import LimitLog
-from .blockwise import Block1Reassembler, Complete, Continue, segment_response
-from .codes import Code, Type
-from .echo import EchoGuard
-from .message import Message, Remote
-from .observe import OBSERVE_REGISTER, Observer, ObserverTable
-from .options import OptionNumber
+from .. import error
+from ..protocol._limits import LimitLog
+from ..protocol.blockwise import Block1Reassembler, Complete, Continue, segment_response
+from ..protocol.codes import Code, Type
+from ..protocol.echo import EchoGuard
+from ..protocol.message import Message, Remote
+from ..protocol.observe import OBSERVE_REGISTER, Observer, ObserverTable
+from ..protocol.options import OptionNumber
+from ..protocol.tuning import TransportTuning
+from ..transports.udp import UDPEndpoint
 from .resource import Handler, Resource, Site, _rest_of_path, error_response, make_response
-from .tuning import TransportTuning
-from .udp import UDPEndpoint
 
 __all__ = ["ObservableResource", "ServerDispatch"]
 

@@ -21,8 +21,7 @@ from typing import Any
 
 import attrs
 
-from .codes import Code
-from .error import (
+from ..error import (
     BadRequest,
     RenderableError,
     RequestEntityIncomplete,
@@ -30,6 +29,7 @@ from .error import (
     ResponseRejected,
     ServiceUnavailable,
 )
+from .codes import Code
 from .message import Message, Remote
 from .options import BlockValue, OptionNumber, Options
 

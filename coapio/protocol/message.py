@@ -12,8 +12,8 @@ from typing import Any
 
 import attrs
 
+from ..error import MessageFormatError, WireAction
 from .codes import Code, Type
-from .error import MessageFormatError, WireAction
 from .options import Options
 
 __all__ = ["Message", "Remote"]

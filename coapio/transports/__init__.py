@@ -1,0 +1,1 @@
+"""Transports: socket tasks behind one interface (:mod:`coapio.transports.base`), one module each."""
