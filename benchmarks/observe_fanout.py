@@ -391,8 +391,8 @@ def clients_coapio(args: argparse.Namespace) -> dict[str, Any]:
 
     async def one_socket(share: int, all_registered: trio.Event, stop: trio.Event) -> None:
         async with coapio.Context(tuning=tuning) as ctx, trio.open_nursery() as nursery:
-            _enlarge(ctx.endpoints[0].sock)
-            layer_stats.append(ctx.endpoints[0].layer.stats)
+            _enlarge(ctx.transports[0].sock)
+            layer_stats.append(ctx.transports[0].layer.stats)
             for _ in range(share):
                 nursery.start_soon(observer, ctx, all_registered)
             await stop.wait()

@@ -7,7 +7,8 @@ Three families:
 * :class:`RenderableError` — a failure a server answers with a response code (4.04, 4.02, 5.03, ...).
   Handlers raise these; the server turns them into responses with a diagnostic payload.
 * Client-side failures of an exchange: :class:`RequestTimedOut` (retransmissions exhausted),
-  :class:`ResetReceived`, :class:`NetworkError` (ICMP and socket errors), :class:`ResponseRejected`.
+  :class:`ResetReceived`, :class:`NetworkError` (ICMP and socket errors), :class:`ResponseRejected`,
+  and :class:`NoTransport` (a scheme the Context has no transport for; nothing was sent).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "MessageIdsExhausted",
     "MethodNotAllowed",
     "NetworkError",
+    "NoTransport",
     "NotAcceptable",
     "NotFound",
     "NotImplemented",
@@ -104,6 +106,13 @@ class ResetReceived(CoapError):
 
 class NetworkError(CoapError, OSError):
     """The network reported the peer unreachable (an ICMP error, a socket error)."""
+
+
+class NoTransport(CoapError, ValueError):
+    """No transport of the Context serves the request's URI scheme (or it lacks the credentials).
+
+    Raised before anything is sent: a request never falls back to another (weaker) transport.
+    """
 
 
 class ResponseRejected(CoapError):

@@ -96,7 +96,7 @@ async def main(bind: str) -> None:
     try:
         # The same Context as under trio; anyio picks the asyncio backend because that is what runs.
         async with coapio.Context(bind=bind, site=site) as ctx:
-            host, port = ctx.endpoints[0].local[:2]
+            host, port = ctx.transports[0].local[:2]
             shown = f"[{host}]" if ":" in host else host
             print(f"serving on coap://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
             await ctx.serve_forever()

@@ -719,7 +719,7 @@ async def serve(
     """
     site = build_site() if site is None else site
     async with coapio.Context(bind=list(binds), site=site, tuning=TUNING) as ctx:
-        addresses = [_format_address(endpoint.local) for endpoint in ctx.endpoints]
+        addresses = [_format_address(endpoint.local) for endpoint in ctx.transports]
         print("coapio plugtest server listening on " + ", ".join(addresses), file=sys.stderr, flush=True)
         task_status.started(addresses)
         await ctx.serve_forever()

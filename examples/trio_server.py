@@ -151,7 +151,7 @@ def build_site() -> Site:
 
 async def serve(bind: str) -> None:
     async with coapio.Context(bind=bind, site=build_site()) as ctx:
-        host, port = ctx.endpoints[0].local[:2]
+        host, port = ctx.transports[0].local[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"serving on coap://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
         await ctx.serve_forever()

@@ -23,11 +23,13 @@ except ImportError:
 with atheris.instrument_imports() if atheris is not None else contextlib.nullcontext():
     import coapfuzz
 
-    from coapio import Context, TransportTuning
+    from coapio import Context, Peer, TransportTuning
     from coapio.protocol.messagelayer import MessageLayer
+    from coapio.runtime.context import _Events
     from coapio.runtime.resource import Resource
+    from coapio.transports.udp import UDPTransport
 
-PEERS = [("127.0.0.1", 40000 + i) for i in range(4)]
+PEERS = [Peer("coap", ("127.0.0.1", 40000 + i)) for i in range(4)]
 LOCAL = ("127.0.0.1", 5683)
 #: The server's settings in this target and in tests/test_fuzz_server.py: blocks smaller than the largest
 #: a client may ask for, so that reducing them is fuzzed too; few observers per resource, so that one
@@ -36,21 +38,18 @@ LOCAL = ("127.0.0.1", 5683)
 TUNING = TransportTuning(block_szx=5, max_observers_per_resource=64, echo_amplification_check=False)
 
 
-class _Endpoint:
-    """What the server dispatch needs of a UDP endpoint, without the socket."""
+class _Endpoint(UDPTransport):
+    """The UDP transport without its socket: the harness feeds its layer and reads what it queued."""
 
-    closed = False
-    local = LOCAL
-    pktinfo = False  # bound to one address: the local address is always ``local``
-
-    def __init__(self, layer: MessageLayer):
+    def __init__(self, layer: MessageLayer, events: Any, clock: Any):  # no socket, so no super().__init__
         self.layer = layer
-
-    def flush(self) -> None:
-        pass
-
-    def local_address_of_last_datagram(self) -> tuple[str, int]:
-        return LOCAL
+        self._events = events
+        self._clock = clock
+        self._processing = True  # nothing is written: the harness reads the layer's output itself
+        self._closed = False
+        self._peers = {}
+        self.local = LOCAL
+        self.pktinfo = False  # bound to one address: the local address is always ``local``
 
 
 class Harness:
@@ -59,14 +58,15 @@ class Harness:
     def __init__(self, tuning: TransportTuning = TUNING) -> None:
         site, self.resources = coapfuzz.fuzz_site()
         self.context = Context(bind=[LOCAL], site=site, tuning=tuning)  # never entered: no socket
-        server = self.context.server
+        server = self.context._server
         # ServerDispatch.notify reads the event loop's clock; here time is an argument.
         server.notify = lambda resource, confirmable: server.observers.notify(  # type: ignore[method-assign]
             resource, self.now, confirmable=confirmable
         )
-        layer = MessageLayer(tuning, expects_response=self.context.tokens.expects,
+        tokens = self.context._tokens
+        layer = MessageLayer(tuning, expects_response=tokens.expects_response,
                              recognized_options=coapfuzz.RECOGNIZED, rng=random.Random(0))
-        self.endpoint = _Endpoint(layer)
+        self.endpoint = _Endpoint(layer, _Events(tokens, server), lambda: self.now)
         self.model = coapfuzz.ServerModel()
         self.now = 1000.0
         self.block_szx = tuning.block_szx
@@ -83,7 +83,7 @@ class Harness:
         expectation = self.model.expect(datagram, peer)
         layer = self.endpoint.layer
         for event in layer.receive(datagram, peer, self.now):
-            self.context._dispatch(self.endpoint, event, self.now)  # type: ignore[arg-type]
+            self.endpoint._dispatch(event, self.now)
         out = layer.datagrams_to_send()
         assert all(to == peer for _, to in out), f"answers to {datagram.hex()} went elsewhere: {out}"
         sent = [data for data, _ in out]
@@ -103,7 +103,7 @@ class Harness:
 
     def background(self) -> None:
         """What the server sends on its own (the socket task's timers): only notifications to observers."""
-        self.context.server.on_timer(self.now)
+        self.context._server.on_timer(self.now)
         for data, to in self.endpoint.layer.datagrams_to_send():
             message = coapfuzz.parse(data)
             assert isinstance(message, coapfuzz.Parsed), f"malformed notification {data.hex()}"

@@ -72,7 +72,7 @@ async def plugtest_server(
     # The plugtest's own tuning (see its TUNING), with whatever timing a test changes.
     tuning = attrs.evolve(tuning or module.TUNING, echo_amplification_check=False)
     async with Context(bind=[(LOCALHOST, 0)], site=site, tuning=tuning) as ctx:
-        yield Plugtest(ctx, site, int(ctx.endpoints[0].local[1]))
+        yield Plugtest(ctx, site, int(ctx.transports[0].local[1]))
 
 
 def free_udp_port() -> int:

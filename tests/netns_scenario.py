@@ -47,7 +47,7 @@ def stats_of(contexts: list[Context]) -> dict[str, int]:
     """The message layers' counters (retransmissions, duplicates, ...) summed over every endpoint."""
     total: collections.Counter[str] = collections.Counter()
     for context in contexts:
-        for endpoint in context.endpoints:
+        for endpoint in context.transports:
             total.update(attrs.asdict(endpoint.layer.stats))
     return dict(total)
 

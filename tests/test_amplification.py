@@ -350,10 +350,10 @@ async def run_scenario(raw: socket.socket, scenario: Scenario, tuning: Transport
         spoofed = await victim.bind()
         nursery.start_soon(victim.run)
         async with Context(bind=[SERVER], site=resources.site, tuning=tuning) as server:
-            attacker = Attacker(raw, victim, spoofed, server.endpoints[0].local)
+            attacker = Attacker(raw, victim, spoofed, server.transports[0].local)
             await scenario(attacker, resources)
             # every spoofed datagram reached the server, and the victim never answered
-            assert server.endpoints[0].layer.stats.received == len(attacker.reflections)
+            assert server.transports[0].layer.stats.received == len(attacker.reflections)
         nursery.cancel_scope.cancel()
     victim.sock.close()
     return attacker
@@ -403,12 +403,12 @@ async def test_an_echo_value_fetched_at_another_address_does_not_verify_the_vict
         async with Context(bind=[SERVER], site=resources.site, tuning=GUARDED) as server:
             own = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             with own:
-                await own.connect(server.endpoints[0].local)
+                await own.connect(server.transports[0].local)
                 probe = Message(Type.CON, Code.POST, 1, b"own", uri="coap://127.0.0.1/switch")
                 await own.send(probe.encode())
                 challenge = Message.decode(await own.recv(2048))
             assert challenge.code is Code.UNAUTHORIZED and challenge.opt.echo is not None
-            attacker = Attacker(raw_socket, victim, spoofed, server.endpoints[0].local)
+            attacker = Attacker(raw_socket, victim, spoofed, server.transports[0].local)
             for path in ("kib", "blockwise", ".well-known/core"):
                 replay = request(path)
                 replay.opt.echo = challenge.opt.echo
@@ -445,7 +445,7 @@ async def test_genuine_client_gets_large_responses_after_one_round_trip_proving_
             Context(bind=[("127.0.0.1", 0)]) as client:
         host, port = server.local_addresses[0]
         base = f"coap://{host}:{port}"
-        sent = client.endpoints[0].layer.stats
+        sent = client.transports[0].layer.stats
         with trio.fail_after(10):
             kib = await client.get(f"{base}/kib")
             assert kib.code is Code.CONTENT and len(kib.payload) == 1024

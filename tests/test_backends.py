@@ -62,7 +62,7 @@ def run(scenario: Callable[[], Awaitable[None]], backend: str) -> None:
 
 
 def base(ctx: Context) -> str:
-    host, port = ctx.endpoints[0].local[:2]
+    host, port = ctx.transports[0].local[:2]
     return f"coap://{host}:{port}"
 
 

@@ -35,6 +35,7 @@ from coapio import (
     Context,
     Message,
     ObservableResource,
+    Peer,
     Resource,
     Site,
     TransportTuning,
@@ -186,7 +187,7 @@ def test_request_carries_method_payload_formats_type_and_options() -> None:
     assert request.opt.etag == b"\x01"
     assert request.opt.uri_path == ("a", "b")
     assert request.opt.uri_query == ("y=2", "x=1")
-    assert request.remote == ("127.0.0.1", 1234)
+    assert request.remote == Peer("coap", ("127.0.0.1", 1234))
 
 
 def test_payload_from_file_is_read_as_bytes(tmp_path: Path) -> None:
@@ -416,15 +417,15 @@ async def served() -> AsyncIterator[Served]:
     assert resolved is not None and isinstance(resolved[0], Counter)
     async with Context(bind="127.0.0.1:0", site=site) as ctx:
         blocks: list[tuple[int | None, int | None]] = []
-        serve = ctx.server.serve
+        serve = ctx._server._serve
 
         def recording(endpoint: Any, request: Message, now: float) -> None:
             block1, block2 = request.opt.block1, request.opt.block2
             blocks.append((block1 and block1.size, block2 and block2.size))
             serve(endpoint, request, now)
 
-        ctx.server.serve = recording  # type: ignore[method-assign]
-        yield Served(ctx.endpoints[0].local[1], resolved[0], blocks)
+        ctx._server._serve = recording  # type: ignore[method-assign]
+        yield Served(ctx.transports[0].local[1], resolved[0], blocks)
 
 
 @pytest.fixture
@@ -974,7 +975,8 @@ async def test_libcoap_follows_the_block_size_of_the_request(libcoap_port: int) 
         with trio.fail_after(10):
             await ctx.put(uri, os.urandom(3000))
             request = client.build_request(_args("--block-size", "64", uri))
-            first = await ctx._exchange(request, None)  # one exchange: the first block only
+            transport = await ctx._route(request)
+            first = await ctx._path.exchange(transport, request, None)  # one exchange: the first block only
     assert (first.code, first.opt.block2, first.opt.size2) == (Code.CONTENT, BlockValue(0, True, 2), 3000)
     assert len(first.payload) == 64
 
@@ -987,7 +989,7 @@ async def test_observation_ends_when_its_reregistration_times_out() -> None:
     async with Context(bind="127.0.0.1:0", tuning=quick) as client:
         server = Context(bind="127.0.0.1:0", site=build_site())
         await server.__aenter__()
-        port = server.endpoints[0].local[1]
+        port = server.transports[0].local[1]
         async with client.observe(f"coap://127.0.0.1:{port}/time") as observation:
             await observation.__anext__()  # registered; /time's Max-Age is 1 s
             await server.__aexit__(None, None, None)

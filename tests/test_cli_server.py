@@ -49,7 +49,7 @@ class Served:
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     async with Context(bind="127.0.0.1:0", site=server.build_site()) as ctx, Context() as client:
-        yield Served(f"coap://127.0.0.1:{ctx.endpoints[0].local[1]}", client)
+        yield Served(f"coap://127.0.0.1:{ctx.transports[0].local[1]}", client)
 
 
 async def test_root_welcomes_and_lists_the_resources(served: Served) -> None:
@@ -106,7 +106,8 @@ async def test_large_first_block_says_block2_and_size2(served: Served) -> None:
     request = Message(code=Code.GET, uri=served.base + "/large")
     request.opt.block2 = BlockValue(0, False, 2)  # early negotiation: 64-byte blocks
     async with Context() as raw:
-        first = await raw._exchange(request, None)  # one exchange: the first block only
+        transport = await raw._route(request)
+        first = await raw._path.exchange(transport, request, None)  # one exchange: the first block only
     assert first.opt.block2 == BlockValue(0, True, 2)
     assert first.opt.size2 == server.LARGE_SIZE
     assert first.payload == server.large_text()[:64]
@@ -160,7 +161,7 @@ async def test_time_ticks_once_per_second_however_many_observe() -> None:
     site = server.build_site()
     site.add("time", clock)
     async with Context(bind="127.0.0.1:0", site=site) as ctx, Context() as client:
-        uri = f"coap://127.0.0.1:{ctx.endpoints[0].local[1]}/time"
+        uri = f"coap://127.0.0.1:{ctx.transports[0].local[1]}/time"
         received = [0, 0, 0]
 
         async def observe(index: int) -> None:
@@ -187,7 +188,7 @@ async def test_time_ticks_once_per_second_however_many_observe() -> None:
 
 async def test_time_stops_ticking_when_the_observer_resets() -> None:
     async with Context(bind="127.0.0.1:0", site=server.build_site()) as ctx, Context() as client:
-        uri = f"coap://127.0.0.1:{ctx.endpoints[0].local[1]}/time"
+        uri = f"coap://127.0.0.1:{ctx.transports[0].local[1]}/time"
         with trio.fail_after(10):
             async with client.observe(uri, passive=True) as observation:
                 await observation.__anext__()  # the registration's response
@@ -204,7 +205,7 @@ async def test_time_stops_ticking_when_the_observer_resets() -> None:
 async def test_whoami_names_the_clients_address(served: Served) -> None:
     response = await served.client.get(served.base + "/whoami")
     assert response.code == Code.CONTENT
-    client_port = served.client.endpoints[0].local[1]
+    client_port = served.client.transports[0].local[1]
     assert response.payload.decode() == f"127.0.0.1:{client_port}"
 
 
@@ -220,8 +221,8 @@ def _has_ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
 async def test_whoami_brackets_ipv6_addresses() -> None:
     async with Context(bind="[::1]:0", site=server.build_site()) as ctx, Context(bind="[::1]:0") as client:
-        response = await client.get(f"coap://[::1]:{ctx.endpoints[0].local[1]}/whoami")
-    assert response.payload.decode() == f"[::1]:{client.endpoints[0].local[1]}"
+        response = await client.get(f"coap://[::1]:{ctx.transports[0].local[1]}/whoami")
+    assert response.payload.decode() == f"[::1]:{client.transports[0].local[1]}"
 
 
 async def test_well_known_core_describes_the_resources(served: Served) -> None:

@@ -102,7 +102,7 @@ async def server() -> AsyncIterator[tuple[Context, Counting, Slow]]:
 
 
 def uri(ctx: Context, path: str) -> str:
-    host, port = ctx.endpoints[0].local[:2]
+    host, port = ctx.transports[0].local[:2]
     return f"coap://{host}:{port}/{path}"
 
 
@@ -202,7 +202,7 @@ async def test_ipv6_loopback() -> None:
         pytest.skip("no IPv6 loopback on this machine")
     site, _, _ = make_site()
     async with Context(bind=[("::1", 0)], site=site) as server, Context(bind=[("::1", 0)]) as client:
-        port = server.endpoints[0].local[1]
+        port = server.transports[0].local[1]
         response = await client.get(f"coap://[::1]:{port}/count")
         assert response.code is Code.CONTENT
 
@@ -245,9 +245,9 @@ async def test_cancelled_requests_leave_nothing_behind_and_send_nothing_more(
             received = len(peer.arrivals)
             await trio.sleep(300)  # far past every retransmission any of them could have had
             assert len(peer.arrivals) == received, "a datagram was sent for a cancelled request"
-            state = client.endpoints[0].layer._debug_state()
+            state = client.transports[0].layer._debug_state()
             assert state["exchanges"] == 0 and state["awaiting"] == 0
-            assert client.endpoints[0].layer.next_deadline() is None
+            assert client.transports[0].layer.next_deadline() is None
         nursery.cancel_scope.cancel()
     # The random cancel points covered every state: still queued behind NSTART (never sent), waiting
     # for the first ACK, and between retransmissions.
@@ -271,7 +271,7 @@ async def test_context_exit_cancels_handlers_and_runs_their_finally(
 
 async def test_leaving_the_context_closes_its_sockets() -> None:
     async with Context(bind=[LOCAL]) as ctx:
-        sock = ctx.endpoints[0].sock
+        sock = ctx.transports[0].sock
     assert sock.fileno() == -1
 
 
@@ -345,7 +345,7 @@ async def test_slow_handler_gets_empty_ack_then_separate_con_response(
     ctx, _, _ = server
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
-        await sock.connect(ctx.endpoints[0].local)
+        await sock.connect(ctx.transports[0].local)
         request = Message(Type.CON, Code.GET, 0x4242, b"tok", uri="coap://127.0.0.1/slow")
         ack, separate = await raw_exchange(sock, request.encode(), 2)
         assert (ack.type, ack.code, ack.mid) == (Type.ACK, Code.EMPTY, 0x4242)
@@ -363,7 +363,7 @@ async def test_duplicate_con_gets_the_cached_response_without_rerunning_the_hand
     ctx, counting, _ = server
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock, trio.fail_after(5):
-        await sock.connect(ctx.endpoints[0].local)
+        await sock.connect(ctx.transports[0].local)
         request = Message(Type.CON, Code.POST, 0x0101, b"t", payload=b"once", uri="coap://127.0.0.1/count")
         [first] = await raw_exchange(sock, request.encode(), 1)
         [second] = await raw_exchange(sock, request.encode(), 1)
@@ -377,7 +377,7 @@ async def test_malformed_con_is_reset_and_other_exchanges_go_on(
     ctx, _, _ = server
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock, trio.fail_after(5):
-        await sock.connect(ctx.endpoints[0].local)
+        await sock.connect(ctx.transports[0].local)
         [rst] = await raw_exchange(sock, bytes([0x40, 0x01, 0x77, 0x77, 0xF1]), 1)  # option delta nibble 15
         assert (rst.type, rst.mid) == (Type.RST, 0x7777)
         good = Message(Type.CON, Code.GET, 0x7778, b"g", uri="coap://127.0.0.1/count")
@@ -389,7 +389,7 @@ async def test_unexpected_separate_response_is_reset(autojump_clock: trio.testin
     async with Context(bind=[LOCAL]) as client:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(client.endpoints[0].local)
+            await sock.connect(client.transports[0].local)
             stray = Message(Type.CON, Code.CONTENT, 0x3333, b"nobody")
             [rst] = await raw_exchange(sock, stray.encode(), 1)
             assert (rst.type, rst.mid) == (Type.RST, 0x3333)
@@ -453,7 +453,7 @@ async def test_concurrent_requests_obey_nstart(server: tuple[Context, Counting, 
             async def one(client: Context = client) -> None:
                 nonlocal peak
                 await client.get(uri(ctx, "count"))
-                peak = max(peak, len(client.endpoints[0].layer._exchanges))
+                peak = max(peak, len(client.transports[0].layer._exchanges))
 
             with trio.fail_after(10):
                 async with trio.open_nursery() as nursery:
@@ -471,7 +471,7 @@ async def test_name_resolution_failure_is_a_network_error() -> None:
 
 async def test_bind_failure_is_a_plain_oserror() -> None:
     async with Context(bind=[LOCAL]) as first:
-        taken = first.endpoints[0].local
+        taken = first.transports[0].local
         with pytest.raises(OSError):
             async with Context(bind=[taken]):
                 pass
@@ -491,7 +491,7 @@ async def test_closed_ipv4_port_fails_fast_from_a_dual_stack_socket() -> None:
     try:
         client_ctx = Context()  # [::]:0, dual-stack: the IPv4 peer is IPv4-mapped
         async with client_ctx as client:
-            assert client.endpoints[0].dual_stack
+            assert client.transports[0].dual_stack
             with trio.fail_after(2), pytest.raises(NetworkError):
                 await client.get(f"coap://127.0.0.1:{closed_port}/")
     except OSError as e:  # pragma: no cover - no IPv6 at all
@@ -502,7 +502,7 @@ async def test_server_reads_the_request_uri_from_uri_host_or_its_own_address(
     server: tuple[Context, Counting, Slow],
 ) -> None:
     ctx, _, _ = server
-    port = ctx.endpoints[0].local[1]
+    port = ctx.transports[0].local[1]
     async with Context(bind=[LOCAL]) as client:
         plain = await client.get(uri(ctx, "where") + "?a=1&b")
         assert plain.payload == f"coap://127.0.0.1:{port}/where?a=1&b".encode()
@@ -545,13 +545,13 @@ async def test_an_internal_error_costs_one_request_not_the_endpoint(
     server: tuple[Context, Counting, Slow], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     ctx, counting, _ = server
-    real_serve = ctx.server.serve
+    real_serve = ctx._server._serve
 
     def broken_once(endpoint: object, request: Message, now: float) -> None:
-        monkeypatch.setattr(ctx.server, "serve", real_serve)
+        monkeypatch.setattr(ctx._server, "_serve", real_serve)
         raise ValueError("a bug in the dispatcher")
 
-    monkeypatch.setattr(ctx.server, "serve", broken_once)
+    monkeypatch.setattr(ctx._server, "_serve", broken_once)
     async with Context(bind=[LOCAL]) as client:
         with trio.fail_after(5):
             first = await client.get(uri(ctx, "count"))
@@ -573,7 +573,7 @@ async def test_an_icmp_error_about_one_observer_is_not_blamed_on_the_next_one() 
     gauge = Gauge()
     site.add("g", gauge)
     async with Context(bind=[LOCAL], site=site) as server:
-        address = server.endpoints[0].local
+        address = server.transports[0].local
         sockets = []
         with trio.fail_after(5):
             for i in range(6):
@@ -588,7 +588,7 @@ async def test_an_icmp_error_about_one_observer_is_not_blamed_on_the_next_one() 
             sockets[1].close()  # observer 1 goes away; the others stay
             gauge.notify()
             await trio.testing.wait_all_tasks_blocked()
-            left = sorted(int(o.token[2:]) for o in server.server.observers.all())
+            left = sorted(int(o.token[2:]) for o in server._server.observers.all())
             assert left == [0, 2, 3, 4, 5]
             for i, sock in enumerate(sockets):
                 if i != 1:

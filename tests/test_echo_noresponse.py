@@ -119,7 +119,7 @@ async def test_raw_request_without_echo_gets_4_01_with_an_echo_value() -> None:
     async with Context(bind=[LOCAL], site=site(actuator)) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             await sock.send(Message(Type.CON, Code.POST, 9, b"t", uri="coap://h/r").encode())
             reply = Message.decode(await sock.recv(2048))
     assert reply.code is Code.UNAUTHORIZED and reply.opt.echo is not None and len(reply.opt.echo) == 12
@@ -134,7 +134,7 @@ async def test_amplification_check_asks_unverified_peers_for_echo_first() -> Non
     async with Context(bind=[LOCAL], site=site(Actuator()), tuning=GUARDED) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             get = Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r")
             await sock.send(get.encode())
             data = await sock.recv(2048)
@@ -158,10 +158,10 @@ async def test_a_ping_reset_does_not_verify_a_peer() -> None:
     async with Context(bind=[LOCAL], site=site(Actuator()), tuning=GUARDED) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             await sock.send(Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r").encode())
             assert Message.decode(await sock.recv(2048)).code is Code.UNAUTHORIZED
-        assert not server.server.echo._verified
+        assert not server._server.echo._verified
 
 
 async def test_an_observe_registration_from_an_unverified_peer_is_challenged() -> None:
@@ -169,19 +169,19 @@ async def test_an_observe_registration_from_an_unverified_peer_is_challenged() -
     async with Context(bind=[LOCAL], site=site(Actuator()), tuning=GUARDED) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             register = Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r")
             register.opt.observe = 0
             await sock.send(register.encode())
             assert Message.decode(await sock.recv(2048)).code is Code.UNAUTHORIZED
-        assert not server.server.observers
+        assert not server._server.observers
 
 
 async def test_without_the_check_a_large_response_goes_at_once() -> None:
     async with Context(bind=[LOCAL], site=site(Actuator())) as server:  # the default
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             await sock.send(Message(Type.CON, Code.GET, 10, b"t", uri="coap://h/r").encode())
             assert len(Message.decode(await sock.recv(2048)).payload) == 500
 
@@ -205,7 +205,7 @@ class Sink(Resource):
 async def raw(server: Context, message: Message) -> Message | None:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
-        await sock.connect(server.endpoints[0].sock.getsockname())
+        await sock.connect(server.transports[0].sock.getsockname())
         await sock.send(message.encode())
         with trio.move_on_after(1):
             return Message.decode(await sock.recv(2048))

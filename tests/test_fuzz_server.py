@@ -80,7 +80,7 @@ class Flood:
     """Raw sockets that send mutated datagrams and check each answer against the model."""
 
     def __init__(self, server: Context, seed: int):
-        self.server_address = server.endpoints[0].local
+        self.server_address = server.transports[0].local
         self.observable = server.site.resolve(("obs",))[0] if server.site else None
         self.rng = random.Random(seed)
         self.model = coapfuzz.ServerModel()
@@ -268,7 +268,7 @@ async def test_flooded_server_answers_every_datagram_as_rfc7252_says_and_serves_
     site, _ = _site()
     started = time.monotonic()
     async with Context(bind=[LOCAL], site=site, tuning=TUNING) as server:  # type: ignore[arg-type]
-        host, port = server.endpoints[0].local[:2]
+        host, port = server.transports[0].local[:2]
         flood = Flood(server, seed)
         try:
             async with Context(bind=[LOCAL]) as client:
@@ -285,7 +285,7 @@ async def test_flooded_server_answers_every_datagram_as_rfc7252_says_and_serves_
                     stop.set()
         finally:
             flood.close()
-        assert not server.endpoints[0].closed
+        assert not server.transports[0].closed
     elapsed = time.monotonic() - started
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, errors
@@ -308,7 +308,7 @@ async def test_a_block2_the_server_cannot_reduce_is_answered_not_fatal() -> None
     async with Context(bind=[LOCAL], site=site, tuning=tuning) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].local)
+            await sock.connect(server.transports[0].local)
             request = Message(Type.CON, Code.GET, 0x0B0B, b"b", uri="coap://127.0.0.1/big")
             request.opt.block2 = BlockValue((1 << 20) - 1, False, 6)
             await sock.send(request.encode())

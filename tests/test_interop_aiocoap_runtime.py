@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -128,7 +129,7 @@ def _coapio_site() -> tuple[Site, Slow]:
 @asynccontextmanager
 async def coapio_server(site: Site) -> AsyncIterator[tuple[Context, str]]:
     async with Context(bind=[("127.0.0.1", 0)], site=site) as ctx:
-        port = ctx.endpoints[0].local[1]
+        port = ctx.transports[0].local[1]
         yield ctx, f"coap://127.0.0.1:{port}"
 
 
@@ -494,6 +495,7 @@ def test_coapio_client_concurrent_requests_to_aiocoap_get_their_own_responses() 
             async def one(i: int) -> None:
                 payload = f"request {i}".encode()
                 request = Context.build(Code.POST, base + "/echo", payload=payload)
+                request.token = os.urandom(8)  # request() sends a copy: the caller picks the token to see it
                 response = await ctx.request(request)
                 assert response.code == Code.CHANGED
                 results.append((request.token, response.token, payload, response.payload))

@@ -37,7 +37,7 @@ def make_site() -> Site:
 async def test_libcoap_client_gets_a_large_response_through_the_echo_challenge() -> None:
     client = require_binary("coap-client-notls")
     async with Context(bind=[("127.0.0.1", 0)], site=make_site(), tuning=GUARDED) as server:
-        port = server.endpoints[0].local[1]
+        port = server.transports[0].local[1]
         with trio.fail_after(20):
             result = await trio.run_process(
                 [client, "-m", "get", "-B", "10", f"coap://127.0.0.1:{port}/large"],
@@ -45,7 +45,7 @@ async def test_libcoap_client_gets_a_large_response_through_the_echo_challenge()
             )
         assert result.returncode == 0, result.stderr
         assert hashlib.sha256(result.stdout.rstrip(b"\n")).digest() == hashlib.sha256(BODY).digest()
-        assert len(server.server.echo._verified) == 1  # verified by the Echo value it returned
+        assert len(server._server.echo._verified) == 1  # verified by the Echo value it returned
 
 
 @pytest.mark.parametrize("guarded", [False, True], ids=["default", "check-on"])
@@ -55,7 +55,7 @@ def test_aiocoap_client_gets_a_large_response_unless_the_check_is_on(guarded: bo
     async def main() -> None:
         tuning = GUARDED if guarded else None
         async with Context(bind=[("127.0.0.1", 0)], site=make_site(), tuning=tuning) as server:
-            port = server.endpoints[0].local[1]
+            port = server.transports[0].local[1]
             client = await aiocoap.Context.create_client_context()
             try:
                 with anyio.fail_after(10):

@@ -94,7 +94,7 @@ async def test_coapio_put_then_get_through_libcoap_example_data_is_byte_identica
         with trio.fail_after(60):
             put = await ctx.put(libcoap + "/example_data", body)
             assert put.code in (Code.CHANGED, Code.CREATED), put
-            sent_for_put = ctx.endpoints[0].layer.stats.sent
+            sent_for_put = ctx.transports[0].layer.stats.sent
             got = await ctx.get(libcoap + "/example_data")
         assert got.code == Code.CONTENT
         assert len(got.payload) == size
@@ -156,7 +156,7 @@ async def test_libcoap_client_put_then_get_through_coapio_store_is_byte_identica
 
 async def test_coapio_observes_libcoap_time_then_leaving_stops_the_notifications(libcoap: str) -> None:
     async with Context() as ctx:
-        stats = ctx.endpoints[0].layer.stats
+        stats = ctx.transports[0].layer.stats
         seen: list[tuple[bytes, int | None]] = []
         with trio.fail_after(8):  # libcoap notifies once a second
             async with ctx.observe(libcoap + "/time") as obs:

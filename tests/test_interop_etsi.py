@@ -708,5 +708,5 @@ async def test_plugtest_server_runs_as_a_program_and_stops_on_sigint() -> None:
             await proc.wait()
     assert status == 0, stderr.decode()
     assert b"Traceback" not in stderr, stderr.decode()
-    assert b"GET /test from ('127.0.0.1', " in stderr, stderr.decode()
+    assert b"GET /test from coap://127.0.0.1:" in stderr, stderr.decode()
     assert b"SIGINT received: stopping" in stderr, stderr.decode()

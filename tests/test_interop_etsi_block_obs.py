@@ -74,7 +74,7 @@ async def block_obs_server(
     # The plugtest's own tuning (see its TUNING), with whatever timing a test changes.
     tuning = attrs.evolve(tuning or plugtest.TUNING, echo_amplification_check=False)
     async with Context(bind=[(LOCALHOST, port)], site=site, tuning=tuning) as ctx:
-        yield Plugtest(ctx, site, int(ctx.endpoints[0].local[1]))
+        yield Plugtest(ctx, site, int(ctx.transports[0].local[1]))
 
 
 async def wait_until(resource: object, condition: Callable[[], bool]) -> None:

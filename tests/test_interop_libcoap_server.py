@@ -242,6 +242,7 @@ async def test_fifty_concurrent_requests_all_answered_with_their_own_tokens(serv
         async def one(i: int) -> None:
             path = paths[i % len(paths)]
             request = Context.build(Code.GET, server + path)
+            request.token = i.to_bytes(2, "big")  # request() sends a copy: the caller picks the token
             response = await ctx.request(request)
             results.append((request.token, response.token, response.code, path))
 
@@ -289,5 +290,5 @@ async def test_lost_response_is_recovered_by_retransmission(lossy_server: str) -
             response = await ctx.get(lossy_server + "/")
         assert response.code == Code.CONTENT
         assert response.payload.startswith(b"This is a test server made with libcoap")
-        assert ctx.endpoints[0].layer.stats.retransmissions == 1
+        assert ctx.transports[0].layer.stats.retransmissions == 1
         _assert_idle(ctx)

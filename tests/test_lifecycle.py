@@ -56,7 +56,7 @@ def all_tasks() -> list[trio.lowlevel.Task]:
 
 
 def coapio_tasks() -> Counter[str]:
-    """The library's own tasks by name ("coapio endpoint", "coapio handler", ...)."""
+    """The library's own tasks by name ("coapio transport", "coapio handler", ...)."""
     return Counter(t.name for t in all_tasks() if t.name.startswith("coapio"))
 
 
@@ -296,11 +296,11 @@ async def test_requests_cancelled_at_random_points_leave_nothing_behind(
             counters = client.counters
             assert (counters.open_exchanges, counters.live_tokens, counters.live_handlers) == (0, 0, 0)
         arrivals = [peer.arrivals for peer in silent]
-        requests_sent = [c.endpoints[0].layer.stats.sent - c.endpoints[0].layer.stats.resets_sent
+        requests_sent = [c.transports[0].layer.stats.sent - c.transports[0].layer.stats.resets_sent
                          for c in clients]
         await trio.sleep(SETTLE)
         assert [peer.arrivals for peer in silent] == arrivals, "a cancelled request was (re)transmitted"
-        assert [c.endpoints[0].layer.stats.sent - c.endpoints[0].layer.stats.resets_sent
+        assert [c.transports[0].layer.stats.sent - c.transports[0].layer.stats.resets_sent
                 for c in clients] == requests_sent, "a client sent something other than a Reset"
 
         # The server finished its handlers; observers whose clients left (passively, or while the
@@ -311,14 +311,15 @@ async def test_requests_cancelled_at_random_points_leave_nothing_behind(
         assert ticker.observer_count == 0
         await trio.sleep(SETTLE)
         for ctx in (server, *clients):
-            layer = ctx.endpoints[0].layer
+            layer = ctx.transports[0].layer
             counters = ctx.counters
             assert (counters.open_exchanges, counters.live_tokens, counters.live_handlers) == (0, 0, 0)
             state = layer._debug_state()
             assert (state["exchanges"], state["awaiting"], state["heap"]) == (0, 0, 0)
             assert layer.next_deadline() is None, "a timer is still set"
-        assert server.server.next_deadline() is None
-        assert coapio_tasks() == {"coapio endpoint": len(clients) + 1}
+        assert server._server.next_deadline() is None
+        assert coapio_tasks() == {"coapio transport": len(clients) + 1,
+                                  "coapio token manager": len(clients) + 1}
 
         # Deduplication entries live for EXCHANGE_LIFETIME and are dropped lazily: once it has passed,
         # the next message leaves its own entry and nothing else.
@@ -344,7 +345,7 @@ async def test_requests_cancelled_at_random_points_leave_nothing_behind(
                     "blockwise cancelled mid-transfer", "observe cancelled while registering",
                     "observe cancelled before a notification", "observe cancelled while iterating"):
         assert tally.outcomes[outcome] > 0, outcome
-    assert server.endpoints[0].layer.stats.resets_received > 0  # late separate responses were refused
+    assert server.transports[0].layer.stats.resets_received > 0  # late separate responses were refused
 
 
 async def test_a_request_in_an_already_cancelled_scope_sends_nothing() -> None:
@@ -359,7 +360,7 @@ async def test_a_request_in_an_already_cancelled_scope_sends_nothing() -> None:
                 async with client.observe(peer.uri()):
                     pass
             await trio.testing.wait_all_tasks_blocked()
-            assert client.endpoints[0].layer.stats.sent == 0
+            assert client.transports[0].layer.stats.sent == 0
         nursery.cancel_scope.cancel()
     assert peer.arrivals == 0
 
@@ -400,7 +401,7 @@ async def test_a_hanging_handler_neither_blocks_the_server_nor_outlives_its_exch
     async with Context(bind=[LOCAL], site=site) as server, Context(bind=[LOCAL]) as client:
         raw = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with raw:
-            await raw.connect(server.endpoints[0].local)
+            await raw.connect(server.transports[0].local)
             request = Message(Type.CON, Code.GET, 0x0100, b"hang", uri="coap://127.0.0.1/hang")
             await raw.send(request.encode())
             ack = Message.decode(await raw.recv(2048))
@@ -497,7 +498,7 @@ async def test_context_exit_under_heavy_load_is_prompt_and_closes_everything(
                         Context(bind=[LOCAL], site=site, tuning=bounds))
                     clients = [await contexts.enter_async_context(Context(bind=[LOCAL], tuning=many))
                                for _ in range(4)]
-                    sockets = [endpoint.sock for ctx in (server, *clients) for endpoint in ctx.endpoints]
+                    sockets = [endpoint.sock for ctx in (server, *clients) for endpoint in ctx.transports]
                     targets = [uri(server, "fast"), uri(server, "slow"), uri(server, "slow"),
                                uri(server, "hang"), silent.uri()]
                     for client in clients:
@@ -573,7 +574,7 @@ async def test_icmp_port_unreachable_ends_every_exchange_and_observation_to_the_
                 for _ in range(300):
                     nursery.start_soon(requester)
                 await trio.sleep(5.0)
-                layer = client.endpoints[0].layer
+                layer = client.transports[0].layer
                 acknowledged = hanging.started - len(layer._exchanges)
                 queued = 300 - hanging.started
                 assert acknowledged > 50 and queued > 50 and len(layer._exchanges) == 4
@@ -602,7 +603,7 @@ async def test_an_observation_ended_by_an_icmp_error_sends_no_deregistration(
     site = Site()
     site.add("ticker", ticker)
     async with Context(bind=[LOCAL]) as client:
-        layer = client.endpoints[0].layer
+        layer = client.transports[0].layer
         async with Context(bind=[LOCAL], site=site) as server:
             target = uri(server, "ticker")
             obs = await client.observe(target).__aenter__()
@@ -632,10 +633,11 @@ async def test_icmp_port_unreachable_drops_every_observer_of_a_vanished_client_a
         async with Context(bind=[LOCAL], site=site) as server:
             async with Context(bind=[LOCAL]) as client:
                 for path in ["t0"] + ["t1", "t2"] * 20:
-                    obs = client.observe(uri(server, path))
-                    await obs.__aenter__()  # never left: the client "crashes" with its observations open
+                    # Never left, and passive: the client "crashes" with its observations open.
+                    obs = client.observe(uri(server, path), passive=True)
+                    await obs.__aenter__()
             assert [t.observer_count for t in tickers] == [1, 20, 20]
-            layer = server.endpoints[0].layer
+            layer = server.transports[0].layer
             sent = layer.stats.sent
             tickers[0].bump()
             await trio.testing.wait_all_tasks_blocked()
@@ -651,7 +653,7 @@ async def test_icmp_port_unreachable_drops_every_observer_of_a_vanished_client_a
 async def test_the_socket_task_goes_idle_after_a_send_reports_an_icmp_error() -> None:
     dead = f"coap://127.0.0.1:{closed_port()}/x"
     async with Context(bind=[LOCAL], tuning=TransportTuning(nstart=2)) as client:
-        endpoint = client.endpoints[0]
+        endpoint = client.transports[0]
         with real_time_limit(1):
             # Two datagrams back to back: the second sendto() reports the ICMP error the first one drew.
             for token in (b"1", b"2"):

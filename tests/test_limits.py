@@ -60,7 +60,7 @@ class RawPeer:
     """A plain UDP socket speaking CoAP by hand, so a test controls types, IDs and counts exactly."""
 
     def __init__(self, server: Context) -> None:
-        self.server = server.endpoints[0].local[:2]
+        self.server = server.transports[0].local[:2]
         self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.mid = 0
 
@@ -168,7 +168,7 @@ async def test_handler_bound_keeps_memory_flat_under_a_flood(autojump_clock: tri
             after, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        stats = ctx.endpoints[0].layer.stats
+        stats = ctx.transports[0].layer.stats
         assert ctx.limit_hits["max_handlers_per_peer"] == 12_000 - 8, (stats, ctx.limit_hits)
         assert ctx.counters.live_handlers == 8
         assert ctx.counters.dedup_entries <= 500
@@ -304,7 +304,7 @@ async def test_client_queue_bound_refuses_requests_beyond_it(autojump_clock: tri
 
 async def test_send_backlog_is_bounded_and_counted() -> None:
     async with Context(bind=[LOCAL], tuning=TransportTuning(max_send_backlog=100)) as ctx:
-        endpoint = ctx.endpoints[0]
+        endpoint = ctx.transports[0]
         endpoint._hold([(b"x", ("127.0.0.1", 9))] * 150)
         endpoint._hold([(b"x", ("127.0.0.1", 9))] * 10)
         assert len(endpoint._backlog) == 100
@@ -350,7 +350,7 @@ async def test_a_handler_changing_request_remote_does_not_break_the_handler_coun
         for _ in range(3):
             await peer.send(get("retarget"))
         await peer.collect(1.0)
-        assert ctx.server._running == 0 and not ctx.server._running_per_peer
+        assert ctx._server._running == 0 and not ctx._server._running_per_peer
         await peer.send(get("store"))  # and the server still serves
         assert (await peer.collect())[peer.mid].code == Code.CONTENT
 
@@ -360,8 +360,8 @@ async def test_small_block1_responses_take_no_transfer_slot(autojump_clock: trio
     site, _ = make_site()
     tuning = TransportTuning(max_block_transfers_per_peer=2)
     async with Context(bind=[LOCAL], site=site, tuning=tuning) as ctx, Context(bind=[LOCAL]) as client:
-        host, port = ctx.endpoints[0].local[:2]
+        host, port = ctx.transports[0].local[:2]
         for _ in range(5):
             response = await client.put(f"coap://{host}:{port}/store", b"u" * 3000)
             assert response.code == Code.CHANGED
-        assert not ctx.server.reassembler
+        assert not ctx._server.reassembler

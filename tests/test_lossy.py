@@ -225,7 +225,7 @@ async def test_relay_impairs_each_direction_on_its_own(autojump_clock: trio.test
     assert (up.received, up.duplicated, up.forwarded) == (6, 6, 12)
     # The server answers every duplicate from its cache, so the answers come in pairs too.
     assert (down.received, down.dropped, down.forwarded) == (12, 10, 2)
-    assert server.endpoints[0].layer.stats.duplicates == 10
+    assert server.transports[0].layer.stats.duplicates == 10
 
 
 async def test_relay_over_ipv6_loopback() -> None:
@@ -279,7 +279,7 @@ def test_relay_runs_on_asyncio() -> None:
                     for i in range(20):
                         assert (await client.get(relay.uri(f"echo?{i}"))).payload == b"%d" % i
             up = relay.counters[Direction.UP]
-            return up.duplicated, up.delayed, server.endpoints[0].layer.stats.duplicates
+            return up.duplicated, up.delayed, server.transports[0].layer.stats.duplicates
 
     duplicated, delayed, deduplicated = anyio.run(scenario, backend="asyncio")
     assert duplicated > 0 and delayed > 0 and deduplicated > 0
@@ -304,6 +304,7 @@ async def test_ten_thousand_con_requests_complete_or_give_up_on_rfc_7252_schedul
     async def worker(client: Context, numbers: range) -> None:
         for n in numbers:
             request = client.build(Code.GET, relay.uri(f"echo?{n}"))
+            request.token = os.urandom(8)  # request() sends a copy: the caller picks the token to see it
             try:
                 response = await client.request(request)
             except RequestTimedOut:
@@ -383,6 +384,7 @@ async def test_post_handlers_run_exactly_once_per_answered_request_and_never_twi
         for ident in ids:
             path = "slow" if ident.startswith(b"s") else "ledger"
             request = client.build(Code.POST, relay.uri(path), payload=ident)
+            request.token = os.urandom(8)  # request() sends a copy: the caller picks the token to see it
             # Once acknowledged, a request waits for its separate response as long as the caller lets it:
             # this scope is that bound, far past the time by which the server gives up on its response.
             with trio.move_on_after(600):
@@ -407,7 +409,7 @@ async def test_post_handlers_run_exactly_once_per_answered_request_and_never_twi
                         share = ids[c :: len(clients)]
                         for w in range(tuning.nstart):
                             nursery.start_soon(worker, client, share[w :: tuning.nstart])
-        layer = server.endpoints[0].layer
+        layer = server.transports[0].layer
 
     assert len(answered) + len(timed_out) + len(abandoned) == len(ids)
     assert max(runs.values()) == 1, "a handler ran twice"

@@ -11,6 +11,7 @@ from coapio.error import MessageFormatError, WireAction
 from coapio.protocol.codes import Code, Type
 from coapio.protocol.message import Message
 from coapio.protocol.options import BlockValue, Options
+from coapio.protocol.peer import Peer
 
 EXAMPLE = bytes.fromhex("4401abcd01020304b474696d65")
 
@@ -314,7 +315,7 @@ def test_repr_shows_type_code_mid_token_and_options():
 def test_uri_with_host_name_sets_uri_host_path_query_and_remote():
     pytest.importorskip("coapio.protocol.uri")
     msg = Message(Type.CON, Code.GET, uri="coap://example.com/sensors/temp?unit=c")
-    assert msg.remote == ("example.com", 5683)
+    assert msg.remote == Peer("coap", ("example.com", 5683))
     assert msg.opt.uri_host == "example.com"
     assert msg.opt.uri_port is None
     assert msg.opt.uri_path == ("sensors", "temp")
@@ -326,7 +327,7 @@ def test_uri_with_ip_literal_sends_neither_uri_host_nor_uri_port():
     pytest.importorskip("coapio.protocol.uri")
     msg = Message(Type.CON, Code.GET, uri="coaps://[2001:db8::1]:61616/a")
     assert msg.scheme == "coaps"
-    assert msg.remote == ("2001:db8::1", 61616)
+    assert msg.remote == Peer("coaps", ("2001:db8::1", 61616))
     assert 3 not in msg.opt
     assert 7 not in msg.opt
     assert msg.opt.uri_path == ("a",)

@@ -122,7 +122,7 @@ async def test_body_over_the_server_limit_gets_4_13_with_size1() -> None:
         response = await client.put(uri(server), os.urandom(10_000))
     assert response.code is Code.REQUEST_ENTITY_TOO_LARGE
     assert response.opt.size1 == 4096 and store.seen == []
-    assert server.server.reassembler.stats.buffered_bytes == 0
+    assert server._server.reassembler.stats.buffered_bytes == 0
 
 
 async def test_response_over_the_client_limit_is_rejected() -> None:
@@ -139,7 +139,7 @@ async def test_block1_out_of_order_gets_4_08_and_nothing_is_rendered() -> None:
     async with served(store) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             request = Message(Type.CON, Code.PUT, 7, b"t", payload=b"x" * 64, uri="coap://h/store")
             request.opt.block1 = BlockValue(3, True, 2)  # block 3 without 0..2
             await sock.send(request.encode())
@@ -170,7 +170,7 @@ async def test_one_mebibyte_round_trip_is_byte_identical() -> None:
             await client.put(uri(server), body)
             back = await client.get(uri(server))
     assert hashlib.sha256(back.payload).digest() == hashlib.sha256(body).digest()
-    assert server.server.reassembler.stats.buffered_bytes == 0
+    assert server._server.reassembler.stats.buffered_bytes == 0
 
 
 async def test_cancelled_block_transfer_frees_the_client_at_once(

@@ -178,7 +178,7 @@ async def test_vanished_client_is_dropped_after_an_unacknowledged_con_notificati
     async with serve(counter) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             register = Message(Type.CON, Code.GET, 1, b"obs", uri="coap://h/counter")
             register.opt.observe = 0
             await sock.send(register.encode())
@@ -194,7 +194,7 @@ async def test_plain_get_with_the_same_token_ends_the_observation() -> None:
     async with serve(counter) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock, trio.fail_after(5):
-            await sock.connect(server.endpoints[0].sock.getsockname())
+            await sock.connect(server.transports[0].sock.getsockname())
             register = Message(Type.CON, Code.GET, 1, b"obs", uri="coap://h/counter")
             register.opt.observe = 0
             await sock.send(register.encode())
@@ -275,7 +275,7 @@ async def test_con_fan_out_to_a_thousand_observers_needs_no_retransmission() -> 
     async with Context(bind=[LOCAL], site=site, tuning=many) as server, Context(
         bind=[LOCAL], tuning=many
     ) as client:
-        layer = server.endpoints[0].layer
+        layer = server.transports[0].layer
         got: list[bytes] = []
         all_notified = trio.Event()
         with trio.fail_after(60):
@@ -340,7 +340,7 @@ async def test_an_unreachable_observer_is_dropped_at_once() -> None:
     counter = Counter()
     async with serve(counter) as server:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        await sock.connect(server.endpoints[0].sock.getsockname())
+        await sock.connect(server.transports[0].sock.getsockname())
         register = Message(Type.CON, Code.GET, 1, b"obs", uri="coap://h/counter")
         register.opt.observe = 0
         await sock.send(register.encode())

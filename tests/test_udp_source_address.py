@@ -27,8 +27,8 @@ SCENARIO = textwrap.dedent(
         site = Site()
         site.add("where", Where())
         async with Context(bind=[bind], site=site) as server:
-            port = server.endpoints[0].local[1]
-            assert server.endpoints[0].pktinfo
+            port = server.transports[0].local[1]
+            assert server.transports[0].pktinfo
             async with Context(bind=[client_bind]) as client:
                 with trio.fail_after(5):
                     host = f"[{target}]" if ":" in target else target

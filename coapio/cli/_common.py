@@ -6,11 +6,16 @@ import logging
 import sys
 from typing import Any, TextIO
 
+from ..protocol.peer import Peer
+
 __all__ = ["error_line", "format_address", "is_keyboard_interrupt", "setup_logging", "unwrap"]
 
 
 def format_address(address: Any, *, unmap: bool = True) -> str:
-    """``host:port`` for a socket address; IPv6 in brackets, IPv4-mapped IPv6 shown as IPv4 (``unmap``)."""
+    """``host:port`` for a Peer or socket address; IPv6 in brackets, IPv4-mapped IPv6 shown as IPv4
+    (``unmap``)."""
+    if isinstance(address, Peer):
+        address = address.address
     if not isinstance(address, tuple) or len(address) < 2:
         return str(address)
     host, port = str(address[0]), address[1]

@@ -248,7 +248,7 @@ async def _serve(binds: list[tuple[str, int]], explicit: bool, *, worker: bool =
             if worker:
                 print("ready", flush=True)  # to the supervising process, which announces the server
             else:
-                addresses = _bind_text([e.local for e in context.endpoints])
+                addresses = _bind_text(context.local_addresses)
                 print(f"{PROG} listening on {addresses}", file=sys.stderr, flush=True)
             async for _ in signals:
                 break

@@ -15,10 +15,12 @@ import attrs
 from ..error import MessageFormatError, WireAction
 from .codes import Code, Type
 from .options import Options
+from .peer import Peer
 
 __all__ = ["Message", "Remote"]
 
-#: A peer's address as the transport knows it: a socket address tuple for UDP.
+#: What the sans-IO layers key a peer by: the runtime gives them :class:`~coapio.protocol.peer.Peer`
+#: values; to the layers it is any hashable (tests use plain address tuples).
 Remote = Any
 
 _CODES = Code._value2member_map_
@@ -30,9 +32,9 @@ _RESET, _DROP = WireAction.RESET, WireAction.DROP
 class Message:
     """One CoAP message: type, code, message ID, token, options and payload.
 
-    ``mid`` is None until the message layer allocates an ID. ``remote`` is the peer (destination of an
-    outgoing message, source of a received one); it is not part of equality, which compares what is on
-    the wire. ``Message(uri=...)`` fills Uri-Host/Uri-Path/Uri-Query and ``remote`` from a URI.
+    ``mid`` is None until the message layer allocates an ID. ``remote`` is the :class:`Peer` (destination
+    of an outgoing message, source of a received one); it is not part of equality, which compares what
+    is on the wire. ``Message(uri=...)`` fills Uri-Host/Uri-Path/Uri-Query and ``remote`` from a URI.
     """
 
     type: Type
@@ -99,16 +101,17 @@ class Message:
     def set_uri(self, uri: str) -> None:
         """Set the destination and the Uri-* options from ``uri`` (RFC 7252 §6.4).
 
-        ``remote`` becomes ``(host, port)`` with the host as written in the URI (a name still to be
-        resolved, or an IP literal without brackets); Uri-Host is sent only for names, and Uri-Port never,
-        because the request goes to the URI's own port.
+        ``remote`` becomes ``Peer(scheme, (host, port))`` with the host as written in the URI (a name
+        still to be resolved, or an IP literal without brackets); the Context resolves it into the form
+        its transport reports. Uri-Host is sent only for names, and Uri-Port never, because the request
+        goes to the URI's own port.
         """
         from .uri import split_uri, uri_options
 
         parts = split_uri(uri)
         uri_host, uri_port = uri_options(parts)
         self.scheme = parts.scheme
-        self.remote = (parts.host, parts.port)
+        self.remote = Peer(parts.scheme, (parts.host, parts.port))
         opt = self.opt
         opt.uri_host = uri_host
         opt.uri_port = uri_port
@@ -127,6 +130,8 @@ class Message:
         host = self.opt.uri_host
         port = self.opt.uri_port
         destination = self.local if self.local is not None else self.remote
+        if isinstance(destination, Peer):
+            destination = destination.address
         if (host is None or port is None) and isinstance(destination, tuple) and len(destination) >= 2:
             if host is None:
                 host = str(destination[0])

@@ -1,4 +1,4 @@
-"""The Pipe: the meeting point between one request and every response it gets.
+"""Pipes: the meeting point between one request and every response it gets, on both sides.
 
 A Pipe holds the request, a bounded memory channel of :class:`PipeEvent` (response, exception, is_last) and
 the cancel scope of whoever produces those events. Loss of interest is structural: when the consumer
@@ -13,15 +13,19 @@ consumer costs neither memory nor back-pressure on the network.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..error import RenderableError
+from ..protocol.codes import Code
 from ..protocol.message import Message
+from .resource import error_response
 
-__all__ = ["Pipe", "PipeEvent"]
+__all__ = ["Pipe", "PipeEvent", "ServerPipe"]
 
 
 @attrs.frozen(slots=True)
@@ -151,3 +155,72 @@ class Pipe:
                 assert event.message is not None
                 return event.message
         raise anyio.EndOfStream("the pipe closed without a final response")
+
+
+class ServerPipe:
+    """The producer side of a request a server received: what ``render_to_pipe`` gets.
+
+    A resource calls :meth:`add_response` any number of times; each response goes out at once (no queue
+    and no task in between). The first one answers the request. If the request registered an observation
+    (Observe: 0) and that response is not the last, the client becomes an observer and every later
+    response is a notification, numbered by the runtime (RFC 7641 §4.4); ``is_last=True`` ends it.
+
+    Loss of interest — a Reset or a deregistration from the client, an unacknowledged CON notification, an
+    ICMP error, the client reusing the token, the Context's exit — cancels :attr:`producer_scope`, in which
+    the runtime runs the producer, so its ``finally`` blocks run; :attr:`interested` turns False.
+    """
+
+    __slots__ = ("_finished", "_scope", "_sink", "observing", "request", "responded")
+
+    def __init__(self, request: Message, sink: Callable[[ServerPipe, Message, bool], None]):
+        self.request = request
+        self._sink = sink
+        self._scope: anyio.CancelScope | None = None
+        self._finished = False
+        #: A response went out (the request is answered; later ones are notifications or refused).
+        self.responded = False
+        #: The client is registered as an observer of this pipe's responses.
+        self.observing = False
+
+    @property
+    def producer_scope(self) -> anyio.CancelScope:
+        """The scope the producer runs in; cancelled on loss of interest (made on first use)."""
+        scope = self._scope
+        if scope is None:
+            scope = self._scope = anyio.CancelScope()
+            if self._finished:
+                scope.cancel()
+        return scope
+
+    @property
+    def interested(self) -> bool:
+        """False once the client lost interest or the final response went out."""
+        return not self._finished
+
+    def add_response(self, message: Message, is_last: bool = True) -> None:
+        """Send ``message`` as the (next) response; ignored once the pipe is finished.
+
+        Its code defaults to the method's success code. With ``is_last=False`` on an Observe registration
+        the client becomes an observer; without a registration there can be no second response, so the
+        pipe finishes (and the producer is cancelled) after the first.
+        """
+        if not self._finished:
+            self._sink(self, message, is_last)
+
+    def add_exception(self, exception: BaseException) -> None:
+        """End the pipe with the response an exception maps to: a library error's code, else 5.00."""
+        if not self._finished:
+            if isinstance(exception, RenderableError):
+                self._sink(self, error_response(exception), True)
+            else:
+                self._sink(self, Message(code=Code.INTERNAL_SERVER_ERROR), True)
+
+    def finish(self) -> None:
+        """The final response went out: nothing more will be sent (the producer may still clean up)."""
+        self._finished = True
+
+    def close(self) -> None:
+        """Loss of interest: finish and cancel the producer's scope. Idempotent."""
+        self._finished = True
+        if self._scope is not None:
+            self._scope.cancel()

@@ -67,15 +67,25 @@ def default_success_code(method: Code) -> Code:
 
 @attrs.frozen(slots=True)
 class Handler:
-    """A resolved renderer: the function, whether it is a coroutine function, and its resource."""
+    """A resolved renderer: the function, whether it runs as a task, and its resource.
 
-    function: Renderer
+    ``streams``: the function is ``render_to_pipe(request, pipe)``, which answers through the Pipe.
+    """
+
+    function: Renderer | Callable[[Message, Any], Awaitable[None]]
     is_async: bool
     resource: Resource
+    streams: bool = False
 
 
 class Resource:
     """Base class of server resources; see the module docstring.
+
+    For several responses to one request (an observation whose notifications are not re-renderings of
+    one state), define ``async def render_to_pipe(self, request, pipe)`` and call
+    ``pipe.add_response(message, is_last=...)`` on the :class:`~coapio.ServerPipe` as often as needed.
+    It runs in a task under the Pipe's producer scope, which the client's loss of interest cancels, so
+    its ``finally`` blocks run when the client goes away. It receives requests of every method.
 
     ``link_attributes`` describe the resource in ``/.well-known/core`` (e.g. ``{"rt": "temperature",
     "ct": 0, "obs": None}``; ``None`` makes a valueless attribute). Set it to None to hide the resource.
@@ -88,13 +98,25 @@ class Resource:
 
     def __init__(self) -> None:
         self._handlers: dict[int, Handler] = {}
+        self._pipe_handler: Handler | None = None
+        to_pipe = getattr(self, "render_to_pipe", None)
+        if to_pipe is not None:
+            if not inspect.iscoroutinefunction(to_pipe):
+                raise TypeError(f"{type(self).__name__}.render_to_pipe must be an async def")
+            self._pipe_handler = Handler(to_pipe, True, self, streams=True)
         for code, name in _METHOD_NAMES.items():
             function = getattr(self, name, None)
             if function is not None:
                 self._handlers[code] = Handler(function, inspect.iscoroutinefunction(function), self)
 
     def handler(self, method: Code) -> Handler | None:
-        """The renderer for ``method``, or None when the resource does not allow it."""
+        """The renderer for ``method``, or None when the resource does not allow it.
+
+        A resource with ``render_to_pipe`` gets every request there (it answers 4.05 itself by raising
+        :class:`~coapio.error.MethodNotAllowed`); plain ``render_*`` methods are not consulted then.
+        """
+        if self._pipe_handler is not None:
+            return self._pipe_handler
         return self._handlers.get(method)
 
     @property

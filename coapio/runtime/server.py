@@ -1,9 +1,11 @@
 """The server side of a Context: routes requests to resources and turns renderers' results into
 responses, with block-wise transfer (RFC 7959) and observation (RFC 7641) around them.
 
-Plain ``def`` renderers run inline on the endpoint's socket task (the fast path); ``async def`` ones get a
-task under a cancel scope that the client's loss of interest cancels. Protocol rules live in the sans-IO
-modules (:mod:`coapio.blockwise`, :mod:`coapio.observe`); this module only drives them.
+Plain ``def`` renderers run inline on the transport's socket task (the fast path: no Pipe, no task);
+``async def`` renderers and ``render_to_pipe`` get a :class:`~coapio.runtime.pipe.ServerPipe` and a task
+under its producer scope, which the client's loss of interest cancels. Protocol rules live in the sans-IO
+modules (:mod:`coapio.protocol.blockwise`, :mod:`coapio.protocol.observe`); this module only drives them,
+through the :class:`~coapio.transports.base.Transport` interface.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from ..protocol._limits import LimitLog
 from ..protocol.blockwise import Block1Reassembler, Complete, Continue, segment_response
 from ..protocol.codes import Code, Type
 from ..protocol.echo import EchoGuard
-from ..protocol.message import Message, Remote
+from ..protocol.message import Message
 from ..protocol.observe import OBSERVE_REGISTER, Observer, ObserverTable
 from ..protocol.options import OptionNumber
+from ..protocol.peer import Peer
 from ..protocol.tuning import TransportTuning
-from ..transports.udp import UDPEndpoint
+from ..transports.base import Transport
+from .pipe import ServerPipe
 from .resource import Handler, Resource, Site, _rest_of_path, error_response, make_response
+from .tokens import TokenManager
 
 __all__ = ["ObservableResource", "ServerDispatch"]
 
@@ -58,13 +63,18 @@ class ObservableResource(Resource):
     """A resource clients can observe (RFC 7641): call :meth:`notify` when its state changes.
 
     Each observer gets its own rendering of ``render_get`` for every notification (so Accept and query
-    options are honoured per observer). Notifications are NON, with a CON at least every 24 hours and
-    whenever ``notify(confirmable=True)`` asks. An optional ``async def observation(self, request)`` runs
-    for as long as one observer stays registered, in a cancel scope that the observer's loss of interest
-    (Reset, deregistration, an unacknowledged CON, the context's exit) cancels — its ``finally`` runs.
+    options are honoured per observer), inline on the transport's task: a fan-out to thousands of
+    observers costs no task each. Notifications are NON, with a CON at least every 24 hours and whenever
+    ``notify(confirmable=True)`` asks. A subclass may define ``async def observation(self, request)``: it
+    runs for as long as that one observer stays registered, in the producer scope of the observer's
+    :class:`~coapio.runtime.pipe.ServerPipe`, which the observer's loss of interest (Reset,
+    deregistration, an unacknowledged CON, an ICMP error, the context's exit) cancels — its ``finally``
+    runs. For responses that are not re-renderings of one state, implement ``render_to_pipe`` instead.
     """
 
     link_attributes: Any = {"obs": None}
+    #: Per-observer task, e.g. to subscribe to a data source while someone watches (None: no task).
+    observation: Callable[[Message], Awaitable[None]] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -80,27 +90,31 @@ class ObservableResource(Resource):
         return sum(server.observers.count(self) for server in self._servers)
 
 
-class _ServerExchange:
-    """An async handler's task: the request and the cancel scope that loss of interest cancels."""
+class _Exchange(ServerPipe):
+    """A ServerPipe and what the server needs to answer through it."""
 
-    __slots__ = ("request", "scope")
+    __slots__ = ("complete", "resource", "transport")
 
-    def __init__(self, request: Message):
-        self.request = request
-        self.scope = anyio.CancelScope()
+    def __init__(self, server: ServerDispatch, transport: Transport, request: Message, resource: Resource,
+                 complete: Complete | None):
+        super().__init__(request, server._pipe_response)
+        self.transport = transport
+        self.resource = resource
+        self.complete = complete
 
 
 class ServerDispatch:
     """Serves one Context's site; created by the Context, fed by its endpoints' socket tasks."""
 
-    def __init__(self, site: Site | None, tuning: TransportTuning):
+    def __init__(self, site: Site | None, tuning: TransportTuning, tokens: TokenManager):
         self.site = site
         self.tuning = tuning
         self.task_group: anyio.abc.TaskGroup | None = None
-        self.incoming: dict[tuple[bytes, Remote], _ServerExchange] = {}
+        self._tokens = tokens
+        self._incoming = tokens._incoming  # read on every request: token reuse ends an older exchange
         # Async handlers started and not yet finished, in total and per client (the handler bounds).
         self._running = 0
-        self._running_per_peer: dict[Remote, int] = {}
+        self._running_per_peer: dict[Peer, int] = {}
         #: The bounds this server reached (counts by name), logged at most once per interval.
         self.limits = LimitLog(log, tuning.limit_log_interval)
         self.reassembler = Block1Reassembler(
@@ -111,30 +125,48 @@ class ServerDispatch:
             lifetime=tuning.exchange_lifetime,
             max_szx=tuning.block_szx,
         )
-        self.observers: ObserverTable[ObservableResource] = ObserverTable(
+        self.observers: ObserverTable[Resource] = ObserverTable(
             max_total=tuning.max_observers, max_per_resource=tuning.max_observers_per_resource
         )
         self.echo = EchoGuard(freshness=tuning.echo_freshness)
         self._block_size = 1 << (tuning.block_szx + 4)
-        self._observer_endpoint: dict[tuple[Remote, bytes], UDPEndpoint] = {}
+        self._observer_transport: dict[tuple[Peer, bytes], Transport] = {}
         # Each observation's content format, fixed by its first response (RFC 7641 §4.2).
-        self._formats: dict[tuple[Remote, bytes], int | None] = {}
+        self._formats: dict[tuple[Peer, bytes], int | None] = {}
+        # Observers with a Pipe: render_to_pipe observations, and ObservableResource.observation() tasks.
+        self._observer_pipes: dict[tuple[Peer, bytes], _Exchange] = {}
+        # render_to_pipe notifications that pacing held back (sent when the observer is due again).
+        self._held: dict[tuple[Peer, bytes], Message] = {}
         # Notifications owed and due, sent by the socket tasks a chunk per wake-up (see send_due).
-        self._due: deque[Observer[ObservableResource]] = deque()
+        self._due: deque[Observer[Resource]] = deque()
         #: Set by the Context: wakes the socket tasks so that they send what is due.
         self.wake: Callable[[], None] = lambda: None
-        self._observation_scopes: dict[tuple[Remote, bytes], anyio.CancelScope] = {}
 
     def close(self) -> None:
-        """Detach from observable resources (the context is ending; its tasks are being cancelled)."""
+        """Detach from observable resources and end every observer's Pipe (the context is ending)."""
         for observer in self.observers.all():
-            observer.resource._servers.discard(self)
-        self._observation_scopes.clear()
+            if isinstance(observer.resource, ObservableResource):
+                observer.resource._servers.discard(self)
+        for pipe in list(self._observer_pipes.values()):
+            pipe.close()
+        self._observer_pipes.clear()
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def serve(self, endpoint: UDPEndpoint, request: Message, now: float) -> None:
-        """Route a request: a plain renderer answers inline, an async one gets a task."""
+    def serve(self, transport: Transport, request: Message, now: float) -> None:
+        """Route a request: a plain renderer answers inline, an async one or ``render_to_pipe`` gets a
+        ServerPipe and a task. Called by the transports on their tasks (``request_received``)."""
+        try:
+            self._serve(transport, request, now)
+        except Exception:
+            # A bug of ours must cost one request, not the socket task and every exchange on it.
+            log.exception("internal error serving %r", request)
+            if not transport.answered(request):
+                transport.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
+
+    def _serve(self, endpoint: Transport, request: Message, now: float) -> None:
+        if self._incoming:
+            self._tokens.incoming_request(request)
         site = self.site
         if site is None:
             return self._respond(endpoint, request, Message(code=Code.NOT_FOUND), now)
@@ -190,14 +222,13 @@ class ServerDispatch:
         if handler.is_async:
             assert self.task_group is not None
             remote = request.remote
+            assert isinstance(remote, Peer)
             per_peer = self._running_per_peer.get(remote, 0)
             if self._running >= self.tuning.max_handlers or per_peer >= self.tuning.max_handlers_per_peer:
                 return self._overloaded(endpoint, request, now, per_peer)
-            self._running += 1
-            self._running_per_peer[remote] = per_peer + 1
-            self.task_group.start_soon(
-                self._run_async, endpoint, handler, request, rest, complete, remote, name="coapio handler"
-            )
+            pipe = _Exchange(self, endpoint, request, resource, complete)
+            self._tokens.add_incoming(pipe)
+            self._start(pipe, handler, rest, remote)
             return None
         reset = _rest_of_path.set(rest) if rest else None
         try:
@@ -208,7 +239,7 @@ class ServerDispatch:
         self._finish(endpoint, request, resource, response, complete, now)
         return None
 
-    def _overloaded(self, endpoint: UDPEndpoint, request: Message, now: float, per_peer: int) -> None:
+    def _overloaded(self, endpoint: Transport, request: Message, now: float, per_peer: int) -> None:
         """At a handler bound: 5.03 with Max-Age for a CON request (RFC 7252 §5.9.3.4), nothing for a NON."""
         if per_peer >= self.tuning.max_handlers_per_peer:
             self.limits.hit("max_handlers_per_peer", now, "%d handlers running for %r", per_peer,
@@ -226,18 +257,46 @@ class ServerDispatch:
     @staticmethod
     def _render_sync(handler: Handler, request: Message) -> Message:
         try:
-            return make_response(request, handler.function(request))
+            return make_response(request, handler.function(request))  # type: ignore[call-arg]
         except Exception as e:
             return _failure_response(handler, request, e)
 
-    async def _run_async(self, endpoint: UDPEndpoint, handler: Handler, request: Message,
-                         rest: tuple[str, ...], complete: Complete | None, remote: Remote) -> None:
-        """An async renderer in its own cancel scope; loss of interest cancels it and sends nothing.
+    def _start(self, pipe: _Exchange, handler: Handler | None, rest: tuple[str, ...], remote: Peer,
+               observation: Callable[[Message], Awaitable[None]] | None = None) -> None:
+        assert self.task_group is not None
+        self._running += 1
+        self._running_per_peer[remote] = self._running_per_peer.get(remote, 0) + 1
+        self.task_group.start_soon(self._run_pipe, pipe, handler, rest, remote, observation,
+                                   name="coapio handler")
+
+    async def _run_pipe(self, pipe: _Exchange, handler: Handler | None, rest: tuple[str, ...], remote: Peer,
+                        observation: Callable[[Message], Awaitable[None]] | None) -> None:
+        """A producer in its Pipe's scope: an async renderer, ``render_to_pipe``, or an observation task.
 
         ``remote`` is the client the slot was counted for (the handler may change ``request.remote``).
         """
+        if rest:
+            _rest_of_path.set(rest)
+        request = pipe.request
         try:
-            await self._run_async_counted(endpoint, handler, request, rest, complete)
+            with pipe.producer_scope:
+                try:
+                    if observation is not None:
+                        await observation(request)
+                    elif handler is not None and handler.streams:
+                        await handler.function(request, pipe)  # type: ignore[call-arg, misc]
+                    elif handler is not None:
+                        function: Callable[[Message], Awaitable[Message]] = handler.function  # type: ignore[assignment]
+                        pipe.add_response(await function(request))
+                except Exception as e:
+                    if observation is not None:
+                        log.exception("observation handler %r failed", observation)
+                    elif pipe.interested and handler is not None:
+                        pipe.add_response(_failure_response(handler, request, e))
+                if handler is not None and pipe.interested and not pipe.observing:
+                    # A producer that returned without a final response: the client must not wait for one.
+                    log.error("%r returned without a response to %r", handler.function, request)
+                    pipe.add_response(Message(code=Code.INTERNAL_SERVER_ERROR, payload=b"no response"))
         finally:
             self._running -= 1
             left = self._running_per_peer[remote] - 1
@@ -245,37 +304,64 @@ class ServerDispatch:
                 self._running_per_peer[remote] = left
             else:
                 del self._running_per_peer[remote]
+            self._tokens.remove_incoming(pipe)
+            if handler is not None and pipe.observing and pipe.interested:
+                # The producer is gone while the client observes: nothing more will come, so forget the
+                # observer (the client re-registers after Max-Age and meets a new producer).
+                observer = self.observers.get(request.remote, request.token)
+                self._drop_observer(observer if observer is not None and self.observers.remove(observer)
+                                    else None)
 
-    async def _run_async_counted(self, endpoint: UDPEndpoint, handler: Handler, request: Message,
-                                 rest: tuple[str, ...], complete: Complete | None) -> None:
-        key = (request.token, request.remote)
-        exchange = _ServerExchange(request)
-        previous = self.incoming.get(key)
-        if previous is not None:
-            previous.scope.cancel()  # the client reused the token: it lost interest in the older request
-        self.incoming[key] = exchange
-        if rest:
-            _rest_of_path.set(rest)
-        response: Message | None = None
+    def _pipe_response(self, pipe: ServerPipe, message: Message, is_last: bool) -> None:
+        """What a ServerPipe's producer sends: the response, or a notification of its observation."""
+        assert isinstance(pipe, _Exchange)
+        request = pipe.request
+        transport = pipe.transport
+        if transport.closed:
+            pipe.close()
+            return
+        now = anyio.current_time()
         try:
-            with exchange.scope:
-                function: Callable[[Message], Awaitable[Message]] = handler.function  # type: ignore[assignment]
-                try:
-                    response = make_response(request, await function(request))
-                except Exception as e:
-                    response = _failure_response(handler, request, e)
-        finally:
-            if self.incoming.get(key) is exchange:
-                del self.incoming[key]
-        if response is not None and not endpoint.closed:
-            now = anyio.current_time()
-            self._finish(endpoint, request, handler.resource, response, complete, now)
-            endpoint.flush()
+            response = make_response(request, message)
+        except TypeError as e:
+            log.error("%r sent a bad response: %s", pipe.resource, e)
+            response = Message(code=Code.INTERNAL_SERVER_ERROR)
+            is_last = True
+        if not pipe.responded:
+            pipe.responded = True
+            observe = (not is_last and request.opt.observe == OBSERVE_REGISTER
+                       and request.code in _SAFE_METHODS and response.code.is_successful())
+            self._finish(transport, request, pipe.resource, response, pipe.complete, now,
+                         observe=observe, pipe=pipe)
+            if not pipe.observing:
+                # No observation (none asked, or refused): there can be no second response.
+                if is_last:
+                    pipe.finish()
+                else:
+                    pipe.close()
+        else:
+            observer = self.observers.get(request.remote, request.token)
+            if observer is None:
+                pipe.close()
+                return
+            if is_last:
+                pipe.finish()  # the producer ended it: not loss of interest, so its scope is not cancelled
+                self._observer_pipes.pop((observer.remote, observer.token), None)
+                self._end_observation(observer, response, now)
+            else:
+                self._send_notification(transport, observer, response, now)
+                if observer.pending:  # pacing held it back: the newest one goes when the observer is due
+                    self._held[(observer.remote, observer.token)] = response
 
-    def _finish(self, endpoint: UDPEndpoint, request: Message, resource: Resource, response: Message,
-                complete: Complete | None, now: float) -> None:
+    def _finish(self, endpoint: Transport, request: Message, resource: Resource, response: Message,
+                complete: Complete | None, now: float, *, observe: bool = False,
+                pipe: _Exchange | None = None) -> None:
         """Observe registration, Block1 acknowledgement and Block2 segmentation, then send."""
-        if isinstance(resource, ObservableResource):
+        if pipe is not None:
+            if observe or request.opt.observe is not None:
+                self._observe_request(endpoint, request, resource, response, now,
+                                      pipe=pipe if observe else None)
+        elif isinstance(resource, ObservableResource):
             if request.opt.observe is not None:
                 self._observe_request(endpoint, request, resource, response, now)
             elif request.code == Code.DELETE and response.code == Code.DELETED:
@@ -292,7 +378,7 @@ class ServerDispatch:
         else:
             self._respond(endpoint, request, response, now, full=True)
 
-    def _respond(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float, *,
+    def _respond(self, endpoint: Transport, request: Message, response: Message, now: float, *,
                  full: bool = False, complete: Complete | None = None) -> None:
         items = request.opt._items
         # Block2 and No-Response are the highest-numbered request options these checks read.
@@ -308,8 +394,7 @@ class ServerDispatch:
         raw = None if plain else request.opt.get(OptionNumber.NO_RESPONSE)
         if raw and int.from_bytes(raw, "big") & _NO_RESPONSE_BITS.get(response.code >> 5, 0):
             # RFC 7967: the client wants no response of this class; a CON is still acknowledged.
-            if request.type is Type.CON:
-                endpoint.layer.acknowledge(request, now)
+            endpoint.respond(request, None, now)
             return
         if (self.tuning.echo_amplification_check and not self.echo.address_verified(request.remote, now)
                 and self.echo.amplification_risk(request, response, now)):
@@ -317,22 +402,19 @@ class ServerDispatch:
             return
         self._send_response(endpoint, request, response, now)
 
-    def _send_response(self, endpoint: UDPEndpoint, request: Message, response: Message, now: float) -> None:
-        separate_type = None
-        if (self.tuning.echo_amplification_check and request.type is Type.CON
-                and not endpoint.layer.unanswered(request)
-                and not self.echo.address_verified(request.remote, now)):
-            # Already acknowledged (a slow handler): a separate CON would be retransmitted to an address
-            # that may never acknowledge it, multiplying what it receives; a NON goes once.
-            separate_type = Type.NON
+    def _send_response(self, endpoint: Transport, request: Message, response: Message, now: float) -> None:
+        # Already acknowledged (a slow handler): a separate CON would be retransmitted to an address that
+        # may never acknowledge it, multiplying what it receives; the transport sends it unreliably.
+        unverified = (self.tuning.echo_amplification_check
+                      and not self.echo.address_verified(request.remote, now))
         try:
-            endpoint.layer.respond(request, response, now, separate_type=separate_type)
+            endpoint.respond(request, response, now, unverified=unverified)
         except error.MessageIdsExhausted as e:
             log.warning("dropping a separate response: %s", e)
         except (ValueError, TypeError, OverflowError):
             # The renderer built a message that cannot go on the wire; never let that stop the endpoint.
             log.exception("cannot encode the response to %r", request)
-            endpoint.layer.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
+            endpoint.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
 
     # --- amplification mitigation (RFC 9175 §2.4) ----------------------------------------------------
     #
@@ -343,7 +425,7 @@ class ServerDispatch:
     # (the challenge fits the allowance; a request too small even for that gets a bare 4.01). A Reset to
     # a CoAP ping would not do: any CoAP endpoint resets pings, so a spoofer could aim a server at one.
 
-    def _challenge(self, endpoint: UDPEndpoint, request: Message, now: float) -> None:
+    def _challenge(self, endpoint: Transport, request: Message, now: float) -> None:
         """Answer with 4.01 + Echo; never as a retransmitted CON, whatever became of the request."""
         if request.opt.observe == OBSERVE_REGISTER:
             # A registration answered with an error is no registration (RFC 7641 §4.1).
@@ -352,10 +434,11 @@ class ServerDispatch:
 
     # --- observation ---------------------------------------------------------------------------------
 
-    def _observe_request(self, endpoint: UDPEndpoint, request: Message, resource: ObservableResource,
-                         response: Message, now: float) -> None:
+    def _observe_request(self, endpoint: Transport, request: Message, resource: Resource,
+                         response: Message, now: float, *, pipe: _Exchange | None = None) -> None:
         """Register or deregister the client for a GET/FETCH carrying Observe (RFC 7641 §4.1, §3.6)."""
-        if request.opt.observe != OBSERVE_REGISTER or not response.code.is_successful():
+        if request.opt.observe != OBSERVE_REGISTER or not response.code.is_successful() or (
+                pipe is None and not isinstance(resource, ObservableResource)):
             self._drop_observer(self.observers.deregister(request.remote, request.token))
             return
         observer = self.observers.register(resource, request, now)
@@ -364,46 +447,46 @@ class ServerDispatch:
             self.limits.hit("max_observers", now, "%d observers; registration from %r refused",
                             len(self.observers), request.remote)
             return
-        key = (request.remote, request.token)
-        self._observer_endpoint[key] = endpoint
-        resource._servers.add(self)
+        remote = request.remote
+        assert isinstance(remote, Peer)
+        key = (remote, request.token)
+        self._observer_transport[key] = endpoint
         response.opt.observe = self.observers.next_sequence(observer, now)
         self._formats[key] = response.opt.content_format
-        observation = getattr(resource, "observation", None)
-        if observation is not None and key not in self._observation_scopes and self.task_group is not None:
-            scope = anyio.CancelScope()
-            self._observation_scopes[key] = scope
-            self.task_group.start_soon(self._run_observation, observation, request, scope, key,
-                                       name="coapio observation")
-
-    async def _run_observation(self, observation: Callable[[Message], Awaitable[None]], request: Message,
-                               scope: anyio.CancelScope, key: tuple[Remote, bytes]) -> None:
-        try:
-            with scope:
-                await observation(request)
-        except Exception:
-            log.exception("observation handler %r failed", observation)
-        finally:
-            if self._observation_scopes.get(key) is scope:
-                del self._observation_scopes[key]
+        if pipe is not None:
+            older = self._observer_pipes.get(key)
+            if older is not None and older is not pipe:
+                older.close()  # a re-registration with the same token: the new request's producer takes over
+            pipe.observing = True
+            self._observer_pipes[key] = pipe
+        elif isinstance(resource, ObservableResource):
+            resource._servers.add(self)
+            observation = resource.observation
+            if observation is not None and key not in self._observer_pipes and self.task_group is not None:
+                hook = _Exchange(self, endpoint, request, resource, None)
+                hook.responded = hook.observing = True
+                self._observer_pipes[key] = hook
+                self._start(hook, None, (), remote, observation)
 
     def _forget_observer_on_plain_request(self, request: Message) -> None:
         """A request without Observe on an observation's token ends it (RFC 7641 §3.6, §4.1)."""
         if request.opt.observe is None and self.observers:
             self._drop_observer(self.observers.deregister(request.remote, request.token))
 
-    def _drop_observer(self, observer: Observer[ObservableResource] | None) -> None:
-        """Loss of interest: forget the observer and cancel its observation's scope."""
+    def _drop_observer(self, observer: Observer[Resource] | None) -> None:
+        """Loss of interest: forget the observer and cancel its Pipe's producer scope."""
         if observer is None:
             return
         key = (observer.remote, observer.token)
-        self._observer_endpoint.pop(key, None)
+        self._observer_transport.pop(key, None)
         self._formats.pop(key, None)
-        scope = self._observation_scopes.pop(key, None)
-        if scope is not None:
-            scope.cancel()
-        if not self.observers.count(observer.resource):
-            observer.resource._servers.discard(self)
+        self._held.pop(key, None)
+        pipe = self._observer_pipes.pop(key, None)
+        if pipe is not None:
+            pipe.close()
+        resource = observer.resource
+        if isinstance(resource, ObservableResource) and not self.observers.count(resource):
+            resource._servers.discard(self)
 
     def notify(self, resource: ObservableResource, confirmable: bool) -> None:
         """Mark the resource's observers owed a notification and wake the socket tasks to send them."""
@@ -419,39 +502,43 @@ class ServerDispatch:
         """
         due = self._due
         due.extend(self.observers.due(now))
-        touched: set[UDPEndpoint] = set()
         for _ in range(min(len(due), _FANOUT_CHUNK)):
             observer = due.popleft()
-            endpoint = self._observer_endpoint.get((observer.remote, observer.token))
+            key = (observer.remote, observer.token)
+            endpoint = self._observer_transport.get(key)
             if endpoint is None or endpoint.closed:
                 self._drop_observer(observer if self.observers.remove(observer) else None)
                 continue
+            if self._held:
+                held = self._held.pop(key, None)
+                if held is not None:
+                    self._send_notification(endpoint, observer, held, now)
+                    continue
             resource = observer.resource
             handler = resource.handler(observer.request.code)
-            if handler is None or handler.is_async:
+            if handler is None or handler.streams:
+                continue  # a render_to_pipe observation's notifications come from its producer
+            if handler.is_async:
                 # Async renderers cannot run inline; they render in a task of their own.
-                if handler is not None and self.task_group is not None:
+                if self.task_group is not None:
                     self.task_group.start_soon(self._notify_async, observer, handler, name="coapio notify")
                 continue
             response = self._render_sync(handler, observer.request)
             self._send_notification(endpoint, observer, response, now)
-            touched.add(endpoint)
-        for endpoint in touched:
-            endpoint.flush()
 
-    async def _notify_async(self, observer: Observer[ObservableResource], handler: Handler) -> None:
+
+    async def _notify_async(self, observer: Observer[Resource], handler: Handler) -> None:
         function: Callable[[Message], Awaitable[Message]] = handler.function  # type: ignore[assignment]
         try:
             response = make_response(observer.request, await function(observer.request))
         except Exception as e:
             response = _failure_response(handler, observer.request, e)
-        endpoint = self._observer_endpoint.get((observer.remote, observer.token))
+        endpoint = self._observer_transport.get((observer.remote, observer.token))
         if endpoint is not None and not endpoint.closed:
             self._send_notification(endpoint, observer, response, anyio.current_time())
-            endpoint.flush()
 
-    def _send_notification(self, endpoint: UDPEndpoint, observer: Observer[ObservableResource],
-                           response: Message, now: float) -> None:
+    def _send_notification(self, endpoint: Transport, observer: Observer[Resource],
+                           response: Message, now: float, *, final: bool = False) -> None:
         if (response.code.is_successful()
                 and response.opt.content_format != self._formats.get((observer.remote, observer.token))):
             # RFC 7641 §4.2: notifications keep the first response's content format; a server that
@@ -467,26 +554,35 @@ class ServerDispatch:
         message = self.observers.prepare_notification(observer, response, now)
         if message is None:
             return
+        if final and message.opt.observe is not None:
+            message.opt.observe = None  # a response without Observe ends the observation (RFC 7641 §3.2)
+            self.observers.remove(observer)
         if not observer.active:
             self._drop_observer(observer)  # an error response ended the observation (RFC 7641 §4.2)
         try:
-            endpoint.layer.send(message, now)
+            endpoint.send(message)
         except (error.CoapError, ValueError) as e:
             log.warning("cannot notify %r: %s", observer.remote, e)
 
     def _send_error_notification(
-        self, observer: Observer[ObservableResource], code: Code, diagnostic: bytes, now: float
+        self, observer: Observer[Resource], code: Code, diagnostic: bytes, now: float
     ) -> None:
-        endpoint = self._observer_endpoint.get((observer.remote, observer.token))
+        self._end_observation(observer, Message(code=code, payload=diagnostic), now)
+
+    def _end_observation(self, observer: Observer[Resource], response: Message, now: float) -> None:
+        """Send the response that ends an observation (no Observe option, RFC 7641 §3.2), whatever pacing
+        or an unacknowledged CON would say, and forget the observer."""
+        endpoint = self._observer_transport.get((observer.remote, observer.token))
         if endpoint is None or endpoint.closed:
             self._drop_observer(observer if self.observers.remove(observer) else None)
             return
         observer.in_flight = None  # the end of the observation goes out even behind an unacknowledged CON
-        self._send_notification(endpoint, observer, Message(code=code, payload=diagnostic), now)
+        observer.last_sent_at = None  # and without waiting for pacing
+        self._send_notification(endpoint, observer, response, now, final=True)
         if observer.active:  # pacing held it back: end the observation all the same
             self._drop_observer(observer if self.observers.remove(observer) else None)
 
-    def on_network_error(self, remote: Remote) -> None:
+    def on_network_error(self, remote: Peer) -> None:
         """The peer is unreachable (ICMP): its observations end now, not after a CON times out."""
         for observer in self.observers.remove_remote(remote):
             self._drop_observer(observer)
@@ -513,6 +609,13 @@ class ServerDispatch:
         deadlines = [d for d in (self.observers.next_deadline(), self.reassembler.next_deadline()) if d]
         return min(deadlines) if deadlines else None
 
+    def timer(self, now: float) -> float | None:
+        """Run on every wake-up of a transport's task: do what is due, say when to run next."""
+        if not self._due and not self.observers and not self.reassembler:
+            return None  # the common case on a busy server: asked on every wake-up, answered cheaply
+        self.on_timer(now)
+        return self.next_deadline()
+
     def on_timer(self, now: float) -> None:
         if not self._due and not self.observers and not self.reassembler:
             return
@@ -522,5 +625,5 @@ class ServerDispatch:
 
     @property
     def live_handlers(self) -> int:
-        return len(self.incoming) + len(self._observation_scopes)
+        return self._running
 

@@ -1,11 +1,11 @@
-"""The UDP transport: one socket task per bound address, driving one sans-IO message layer.
+"""The UDP transport (``coap://``): one socket task per bound address, driving one sans-IO message layer.
 
 The task drains its non-blocking socket until it would block, feeds every datagram to the
-:class:`~coapio.messagelayer.MessageLayer`, hands the resulting events to the context's dispatcher
-(synchronously: no task or channel hand-off per message), sends what the layer queued, and sleeps until
-the socket is readable or the layer's next deadline — one timer per endpoint, never one per message.
-Other tasks that send (a requester, an async handler) call :meth:`UDPEndpoint.flush`, which writes at
-once and moves the sleeping task's deadline earlier when needed.
+:class:`~coapio.protocol.messagelayer.MessageLayer`, turns the resulting events into calls on the
+runtime's :class:`~coapio.transports.base.TransportEvents` (synchronously: no task or channel hand-off per
+message), sends what the layer queued, and sleeps until the socket is readable or the layer's next
+deadline — one timer per socket, never one per message. A send from another task (a requester, an async
+handler) writes at once and moves the sleeping task's deadline earlier when needed.
 
 ICMP errors (port or host unreachable) are read from the socket's error queue (``IP_RECVERR``), so a
 request to a closed port fails at once instead of after MAX_TRANSMIT_WAIT.
@@ -18,25 +18,41 @@ server; sockets bound to one address need none of that and keep the cheaper ``re
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import socket
 import struct
+import sys
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import trio
 
-from ..protocol.message import Message, Remote
-from ..protocol.messagelayer import Event, MessageLayer
+from ..error import NetworkError, RequestTimedOut, ResetReceived, ResponseRejected
+from ..protocol.codes import Code, Type
+from ..protocol.message import Message
+from ..protocol.messagelayer import (
+    Acknowledged,
+    BadResponse,
+    Event,
+    MessageLayer,
+    RequestReceived,
+    Reset,
+    ResponseReceived,
+    TimedOut,
+)
 from ..protocol.options import KNOWN_OPTIONS, UNIMPLEMENTED_CRITICAL
+from ..protocol.peer import Peer
 from ..protocol.tuning import TransportTuning
+from .base import Transport, TransportEvents
 
-__all__ = ["UDPEndpoint", "open_udp_socket", "parse_bind"]
+__all__ = ["UDPTransport", "open_udp_socket", "parse_bind"]
+
+Address = tuple[Any, ...]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +64,7 @@ _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _CMSG_SPACE = 64
 _MAX_SOURCES = 65536  # peers whose local address is remembered (the oldest are forgotten first)
+_MAX_PEERS = 65536  # Peer values kept for reuse (a cache: equal Peers are the same peer)
 _DRAIN_BUDGET = 512  # datagrams handled per wake-up before letting other tasks run
 _MAX_DATAGRAM = 65535
 #: Errors a send reports for an ICMP message (about this datagram's peer or, pending, an earlier one's).
@@ -123,49 +140,52 @@ def _primitives() -> _Primitives:
 
     anyio's versions add a layer per call on trio; on the socket task's loop that layer costs about as
     much as handling a datagram, so under trio the task uses trio's own (which anyio wraps anyway).
+    trio is not imported here: if the application has not imported it, this is not a trio run.
     """
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:  # not in a trio run: asyncio, through anyio
-        return anyio.current_time, anyio.CancelScope, anyio.wait_readable
-    return trio.current_time, trio.CancelScope, trio.lowlevel.wait_readable
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # not in a trio run: asyncio, through anyio
+            pass
+        else:
+            return trio.current_time, trio.CancelScope, trio.lowlevel.wait_readable
+    return anyio.current_time, anyio.CancelScope, anyio.wait_readable
 
 
-class UDPEndpoint:
-    """One bound UDP socket and its message layer; :meth:`run` is its socket task."""
+class UDPTransport(Transport):
+    """One bound UDP socket and its message layer (``coap://``); :meth:`run` is its socket task.
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        tuning: TransportTuning,
-        dispatch: Callable[[UDPEndpoint, Event, float], None],
-        on_network_error: Callable[[Remote, OSError], None],
-        expects_response: Callable[[bytes, Remote], bool],
-        upper_timer: Callable[[float], float | None] | None = None,
-    ):
+    ``layer`` (the sans-IO :class:`~coapio.protocol.messagelayer.MessageLayer`) is readable for its
+    ``stats``; ``local`` is the bound socket address.
+    """
+
+    schemes = frozenset({"coap"})
+
+    def __init__(self, sock: socket.socket, tuning: TransportTuning):
         self.sock = sock
-        # The layers above (reassembly expiry, observer pacing) share this task's one timer: called on
-        # every wake-up with the time, it does what is due and returns when it next wants to run.
-        self._upper_timer = upper_timer
+        self._events: TransportEvents | None = None
+        self._clock: Callable[[], float] = anyio.current_time
+        # True while the socket task processes input: what is sent meanwhile goes out with the batch.
+        self._processing = False
+        self._peers: dict[Address, Peer] = {}
         self.family = sock.family
-        self.local: Remote = sock.getsockname()
+        self.local: Address = sock.getsockname()
         self.dual_stack = self.family == socket.AF_INET6 and not sock.getsockopt(
             socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
         )
         self.layer = MessageLayer(
             tuning,
-            expects_response=expects_response,
+            expects_response=self._expects_response,
             recognized_options=KNOWN_OPTIONS - UNIMPLEMENTED_CRITICAL,
         )
-        self._dispatch = dispatch
-        self._on_network_error = on_network_error
         self._sleep: Any = None  # the cancel scope of the socket task's wait (trio's or anyio's)
-        self._backlog: list[tuple[bytes, Remote]] = []
-        self.closed = False
+        self._backlog: list[tuple[bytes, Peer]] = []
+        self._closed = False
         # Wildcard sockets: peer -> the pktinfo control data that makes replies leave from the address
         # the peer used.
         self.pktinfo = self.local[0] in ("::", "0.0.0.0")
-        self._sources: OrderedDict[Remote, tuple[int, int, bytes]] = OrderedDict()
+        self._sources: OrderedDict[Address, tuple[int, int, bytes]] = OrderedDict()
         self._destination: tuple[int, int, bytes] | None = None  # pktinfo of the last datagram read
         if self.pktinfo:
             if self.family == socket.AF_INET6:
@@ -174,14 +194,22 @@ class UDPEndpoint:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
 
     def __repr__(self) -> str:
-        return f"<UDPEndpoint {self.local!r}>"
+        return f"<UDPTransport {self.local!r}>"
 
     # --- addressing --------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return (str(self.local[0]), int(self.local[1]))
 
     def can_reach(self, family: int) -> bool:
         return family == self.family or (family == socket.AF_INET and self.dual_stack)
 
-    def remote_for(self, family: int, sockaddr: tuple[Any, ...]) -> Remote:
+    def address_for(self, family: int, sockaddr: tuple[Any, ...]) -> Address:
         """The form in which this socket reports ``sockaddr`` (IPv4-mapped on a dual-stack socket)."""
         if family == socket.AF_INET and self.family == socket.AF_INET6:
             return ("::ffff:" + sockaddr[0], sockaddr[1], 0, 0)
@@ -189,11 +217,83 @@ class UDPEndpoint:
             return (sockaddr[0], sockaddr[1], 0, sockaddr[3] if len(sockaddr) > 3 else 0)
         return (sockaddr[0], sockaddr[1])
 
+    def peer(self, address: Address) -> Peer:
+        """The Peer for a socket address as this socket reports it (made once, then reused)."""
+        peer = self._peers.get(address)
+        if peer is None:
+            if len(self._peers) >= _MAX_PEERS:
+                self._peers.clear()
+            peer = self._peers[address] = Peer("coap", address)
+        return peer
+
+    async def resolve(self, scheme: str, host: str, port: int) -> Peer | None:
+        """The peer for ``host:port`` if this socket can reach its address family (names are resolved)."""
+        if scheme != "coap":
+            return None
+        family, sockaddr = _literal(host, port)
+        if family is None:
+            try:
+                infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as e:
+                raise NetworkError(f"cannot resolve {host!r}: {e}") from None
+            for fam, _, _, _, addr in infos:
+                if self.can_reach(fam):
+                    family, sockaddr = fam, tuple(addr)
+                    break
+            else:
+                return None
+        if not self.can_reach(family):
+            return None
+        return self.peer(self.address_for(family, sockaddr))
+
     # --- sending (from any task) -------------------------------------------------------------------
 
     def send(self, message: Message, tuning: TransportTuning | None = None) -> None:
-        self.layer.send(message, anyio.current_time(), tuning=tuning)
-        self.flush()
+        self.layer.send(message, self._clock(), tuning=tuning)
+        if not self._processing:
+            self.flush()
+
+    def respond(self, request: Message, response: Message | None, now: float, *,
+                unverified: bool = False) -> None:
+        layer = self.layer
+        if response is None:
+            if request.type is Type.CON:
+                layer.acknowledge(request, now)
+        elif unverified and request.type is Type.CON and not layer.unanswered(request):
+            layer.respond(request, response, now, separate_type=Type.NON)
+        else:
+            layer.respond(request, response, now)
+        if not self._processing:
+            self.flush()
+
+    def answered(self, request: Message) -> bool:
+        return not self.layer.unanswered(request)
+
+    def cancel(self, message: Message) -> None:
+        self.layer.cancel(message, self._clock())
+        if not self._processing:
+            self.flush()  # a freed NSTART slot may let a queued request go
+
+    def ping(self, peer: Peer) -> Message:
+        ping = Message(Type.CON, Code.EMPTY, remote=peer)
+        self.send(ping)
+        return ping
+
+    @property
+    def open_exchanges(self) -> int:
+        return self.layer.open_exchanges
+
+    @property
+    def dedup_entries(self) -> int:
+        return self.layer.dedup_entries
+
+    @property
+    def limit_hits(self) -> Mapping[str, int]:
+        return self.layer.limits.hits
+
+    def _expects_response(self, token: bytes, remote: Any) -> bool:
+        events = self._events
+        return events is not None and events.expects_response(token, remote)
 
     def flush(self) -> None:
         """Write what the layer queued and make sure the socket task wakes for the next deadline."""
@@ -211,7 +311,7 @@ class UDPEndpoint:
         if self._sleep is not None:
             self._sleep.cancel()
 
-    def _write(self, out: list[tuple[bytes, Remote]]) -> None:
+    def _write(self, out: list[tuple[bytes, Peer]]) -> None:
         if self._backlog:
             self._hold(out)
             return
@@ -233,7 +333,7 @@ class UDPEndpoint:
                     # With IP_RECVERR, an ICMP error about an *earlier* datagram, to any peer, is reported
                     # by the next send, whatever its destination. The error queue names the peer it
                     # concerns; this datagram goes again unless its own peer was the one named.
-                    if remote in self._read_error_queue():
+                    if remote.address in self._read_error_queue():
                         continue
                     try:
                         self._send_one(data, remote)
@@ -254,15 +354,16 @@ class UDPEndpoint:
                 # and again (it stays readable while the queue has entries).
                 self._read_error_queue()
 
-    def _send_one(self, data: bytes, remote: Remote) -> None:
+    def _send_one(self, data: bytes, remote: Peer) -> None:
+        address = remote.address
         sources = self._sources
-        source = sources.get(remote) if sources else None
+        source = sources.get(address) if sources else None
         if source is None:
-            self.sock.sendto(data, remote)
+            self.sock.sendto(data, address)
         else:
-            self.sock.sendmsg([data], [source], 0, remote)
+            self.sock.sendmsg([data], [source], 0, address)
 
-    def _hold(self, out: list[tuple[bytes, Remote]]) -> None:
+    def _hold(self, out: list[tuple[bytes, Peer]]) -> None:
         """Keep datagrams for when the socket is writable again, up to ``max_send_backlog``."""
         backlog = self._backlog
         room = self.layer.tuning.max_send_backlog - len(backlog)
@@ -274,15 +375,19 @@ class UDPEndpoint:
                                   "the send buffer is full; %d datagrams dropped", dropped)
         backlog.extend(out)
 
-    def _network_error(self, remote: Remote, error: OSError) -> None:
+    def _network_error(self, remote: Peer, error: OSError) -> None:
+        """Nothing more goes to an unreachable peer: no retransmission, and its exchanges end."""
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("network error towards %r: %s", remote, error)
-        self._on_network_error(remote, error)
+            log.debug("network error towards %s: %s", remote, error)
+        self.layer.cancel_peer(remote, self._clock())
+        if self._events is not None:
+            self._events.peer_failed(remote, NetworkError(error.errno, f"{remote}: {error.strerror}"))
 
     # --- the socket task ---------------------------------------------------------------------------
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve the socket until cancelled; the socket is closed on the way out.
+    async def run(self, events: TransportEvents, *,
+                  task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the socket until cancelled, reporting to ``events``; the socket is closed on the way out.
 
         Cancellation (the context's exit) ends the loop at its next wait; nothing is sent afterwards.
 
@@ -292,6 +397,8 @@ class UDPEndpoint:
         """
         sock = self.sock
         now_of, cancel_scope, wait_readable = _primitives()
+        self._events = events
+        self._clock = now_of
         process = self._process
         task_status.started()
         try:
@@ -317,7 +424,7 @@ class UDPEndpoint:
                         sleep.deadline = math.inf if deadline is None else deadline
                 self._sleep = None
         finally:
-            self.closed = True
+            self._closed = True
             self._sleep = None
             sock.close()
 
@@ -326,27 +433,36 @@ class UDPEndpoint:
         layer = self.layer
         receive = layer.receive
         dispatch = self._dispatch
+        peers = self._peers
         recvfrom = self._recv_with_destination if self.pktinfo else self.sock.recvfrom
-        for _ in range(_DRAIN_BUDGET):
-            try:
-                data, remote = recvfrom(_MAX_DATAGRAM)
-            except BlockingIOError:
-                break
-            except OSError:
-                self._read_error_queue()
-                continue
-            for event in receive(data, remote, now):
-                dispatch(self, event, now)
-        # The upper layers' timers first: what they send now may be due before the layer's own timers
-        # act (a held response's challenge must ride on the ACK the layer would otherwise send empty).
-        upper = self._upper_timer(now) if self._upper_timer is not None else None
-        deadline = layer.next_deadline()
-        if deadline is not None and deadline <= now:
-            for event in layer.on_timer(now):
-                dispatch(self, event, now)
-            if self._upper_timer is not None:
-                upper = self._upper_timer(now)  # the events may have changed what the upper layers want
+        events = self._events
+        assert events is not None
+        self._processing = True
+        try:
+            for _ in range(_DRAIN_BUDGET):
+                try:
+                    data, address = recvfrom(_MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self._read_error_queue()
+                    continue
+                remote = peers.get(address)
+                if remote is None:
+                    remote = self.peer(address)
+                for event in receive(data, remote, now):
+                    dispatch(event, now)
+            # The upper layers' timers first: what they send now may be due before the layer's own timers
+            # act (a held response's challenge must ride on the ACK the layer would otherwise send empty).
+            upper = events.timer(now)
             deadline = layer.next_deadline()
+            if deadline is not None and deadline <= now:
+                for event in layer.on_timer(now):
+                    dispatch(event, now)
+                upper = events.timer(now)  # the events may have changed what the upper layers want
+                deadline = layer.next_deadline()
+        finally:
+            self._processing = False
         if upper is not None and (deadline is None or upper < deadline):
             deadline = upper
         out = layer.datagrams_to_send()
@@ -354,7 +470,31 @@ class UDPEndpoint:
             self._write(out)
         return deadline
 
-    def _recv_with_destination(self, size: int) -> tuple[bytes, Remote]:
+    def _dispatch(self, event: Event, now: float) -> None:
+        """One message-layer event, as the runtime hears of it (on the hot path: requests first)."""
+        events = self._events
+        assert events is not None
+        kind = type(event)
+        message = event.message
+        if kind is RequestReceived:
+            message.local = self.local_address_of_last_datagram() if self.pktinfo else self.local
+            events.request_received(self, message, now)
+        elif kind is ResponseReceived:
+            events.response_received(message, now)
+        elif kind is Acknowledged:
+            events.delivered(message, now)
+        elif kind is Reset:
+            events.failed(message, ResetReceived(f"{message.remote} reset the request"), now)
+        elif kind is TimedOut:
+            events.failed(message, RequestTimedOut(
+                f"no answer from {message.remote} after {self.layer.tuning.max_retransmit} "
+                "retransmissions" if message.type is Type.CON else
+                f"no response from {message.remote} to a NON request"
+            ), now)
+        elif isinstance(event, BadResponse):
+            events.failed(message, ResponseRejected(event.reason), now)
+
+    def _recv_with_destination(self, size: int) -> tuple[bytes, Address]:
         """``recvfrom`` that also notes which of our addresses the peer wrote to."""
         data, ancdata, _, remote = self.sock.recvmsg(size, _CMSG_SPACE)
         for level, kind, cdata in ancdata:
@@ -374,7 +514,7 @@ class UDPEndpoint:
             break
         return data, remote
 
-    def local_address_of_last_datagram(self) -> Remote:
+    def local_address_of_last_datagram(self) -> Address:
         """The address the datagram just read was sent to (for a wildcard socket, from its pktinfo)."""
         source = self._destination
         if not self.pktinfo or source is None:
@@ -389,10 +529,10 @@ class UDPEndpoint:
         backlog, self._backlog = self._backlog, []
         self._write(backlog)
 
-    def _read_error_queue(self) -> set[Remote]:
-        """Turn queued ICMP errors into network errors of the peers they concern; return those peers."""
+    def _read_error_queue(self) -> set[Address]:
+        """Turn queued ICMP errors into network errors of the peers they concern; return their addresses."""
         sock = self.sock
-        named: set[Remote] = set()
+        named: set[Address] = set()
         for _ in range(_DRAIN_BUDGET):
             try:
                 _, ancdata, _, remote = sock.recvmsg(1, 1024, _MSG_ERRQUEUE)
@@ -407,5 +547,23 @@ class UDPEndpoint:
                 if (level, kind) in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
                     code = struct.unpack_from("=I", data)[0]
             named.add(remote)
-            self._network_error(remote, OSError(code, errno.errorcode.get(code, str(code))))
+            self._network_error(self.peer(remote), OSError(code, errno.errorcode.get(code, str(code))))
         return named
+
+
+@functools.lru_cache(maxsize=1024)  # asked on every request; the answer depends only on its arguments
+def _literal(host: str, port: int) -> tuple[int | None, tuple[Any, ...]]:
+    """Recognise an IP literal without a resolver call (and normalise IPv6 to the kernel's form)."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        pass
+    else:
+        if packed[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped: the IPv4 peer it stands for
+            return socket.AF_INET, (socket.inet_ntop(socket.AF_INET, packed[12:]), port)
+        return socket.AF_INET6, (socket.inet_ntop(socket.AF_INET6, packed), port, 0, 0)
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return None, ()
+    return socket.AF_INET, (host, port)
