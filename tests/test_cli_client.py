@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -18,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,15 @@ def test_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert out.startswith("usage: coapio-client")
     statuses = out.split("exit status:\n", 1)[1].splitlines()
-    assert [line.split()[0] for line in statuses if line.strip()] == ["0", "1", "2", "3", "4", "130"]
+    codes = [line.split()[0] for line in statuses if line[:3].strip().isdigit()]
+    assert codes == ["0", "1", "2", "3", "4", "130"]
 
 
 def test_missing_uri_is_an_argparse_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main([]) == 2
-    assert "the following arguments are required: URI" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # Issue 13, item 11: one line, not argparse's usage block followed by the message.
+    assert err == "coapio-client: error: the following arguments are required: URI (see --help)\n"
 
 
 def test_unknown_method_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,6 +111,31 @@ def test_verbose_and_quiet_exclude_each_other(capsys: pytest.CaptureFixture[str]
         (["--observe", "--observe-count", "-1", "coap://127.0.0.1/"], "positive whole number"),
         (["--observe", "--observe-count", "two", "coap://127.0.0.1/"], "positive whole number"),
         (["--observe", "-m", "post", "coap://127.0.0.1/"], "--observe needs the method GET or FETCH"),
+        # Issue 13, item 2: option values too long for their option are refused before anything is sent.
+        (["coap://127.0.0.1/" + "a" * 300], "Uri-Path (11) has 300 bytes; it must have at most 255"),
+        (["coap://127.0.0.1/?" + "q" * 300], "Uri-Query (15) has 300 bytes"),
+        (["-O", "Uri-Host," + "h" * 300, "coap://127.0.0.1/"], "Uri-Host (3) has 300 bytes"),
+        (["-O", "Uri-Query," + "q" * 300, "coap://127.0.0.1/"], "Uri-Query (15) has 300 bytes"),
+        (["-O", "If-Match,0x" + "ab" * 9, "coap://127.0.0.1/"], "If-Match (1) has 9 bytes; it must have at"),
+        (["-O", "ETag,0x" + "ab" * 9, "coap://127.0.0.1/"], "ETag (4) has 9 bytes"),
+        (["-O", "Echo,", "coap://127.0.0.1/"], "Echo (252) has 0 bytes; it must have at least 1"),
+        # Item 9: port 0 is not a port anything can be sent to.
+        (["coap://127.0.0.1:0/x"], "port 0 cannot be sent to"),
+        (["coap://[::1]:0/"], "port 0"),
+        # Item 11: argparse's own errors are one line too.
+        (["--bogus", "coap://127.0.0.1/"], "unrecognized arguments: --bogus"),
+        (["--color", "pink", "coap://127.0.0.1/"], "--color: invalid choice"),
+        (["--pretty", "--raw", "coap://127.0.0.1/"], "not allowed with"),
+        # The new flags' values are checked like the others.
+        (["--max-body-size", "0", "coap://127.0.0.1/"], "--max-body-size must be a positive number"),
+        (["--max-body-size", "lots", "coap://127.0.0.1/"], "--max-body-size must be"),
+        (["--observe-for", "2", "coap://127.0.0.1/"], "--observe-for needs --observe"),
+        (["--observe", "--observe-for", "-1", "coap://127.0.0.1/"], "--observe-for must be a positive"),
+        (["--token", "xyz", "coap://127.0.0.1/"], "--token 'xyz' is not hex"),
+        (["--token", "00" * 9, "coap://127.0.0.1/"], "--token must be 1 to 8 bytes"),
+        (["--bind", "[::1", "coap://127.0.0.1/"], "--bind"),
+        (["--bind", "127.0.0.1:http", "coap://127.0.0.1/"], "the port must be a number"),
+        (["-o", "/nonexistent/dir/out.bin", "coap://127.0.0.1/"], "no such directory"),
     ],
 )
 def test_bad_argument_is_one_line_and_exit_2(
@@ -266,18 +294,50 @@ def test_terminal_output_hex_dumps_binary() -> None:
     )
 
 
-def test_terminal_output_of_cbor_without_cbor2_is_a_hex_dump(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "cbor2", None)  # makes `import cbor2` fail
+def test_terminal_output_of_cbor_without_cbor_diag_is_a_hex_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cbor_diag", None)  # makes `import cbor_diag` fail
     assert client.format_payload(b"\xa1\x61a\x01", ContentFormat.CBOR, tty=True) == (
         "00000000  a1 61 61 01" + " " * 36 + "  |.aa.|\n"
     )
 
 
-def test_terminal_output_of_cbor_with_cbor2_is_pretty(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("cbor2")
-    fake.loads = lambda data: {"a": 1} if data == b"\xa1\x61a\x01" else None  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cbor2", fake)
-    assert client.format_payload(b"\xa1\x61a\x01", ContentFormat.CBOR, tty=True) == "{'a': 1}\n"
+needs_cbor_diag = pytest.mark.skipif(
+    importlib.util.find_spec("cbor_diag") is None, reason="needs the cbor extra (cbor-diag)"
+)
+
+
+@needs_cbor_diag
+@pytest.mark.parametrize(
+    ("hex_payload", "diagnostic"),
+    [
+        ("a1616101", '{"a": 1}'),
+        ("a18001", "{[]: 1}"),  # a key that no Python dict could hold
+        ("d9d9f7a0", "55799({})"),  # the self-described CBOR tag stays visible
+        ("83f93e00f6f5", "[1.5_1, null, true]"),  # _1: a half-precision float
+        ("4401020304", "h'01020304'"),
+    ],
+)
+def test_terminal_output_of_cbor_is_diagnostic_notation(hex_payload: str, diagnostic: str) -> None:
+    # Issue 13, item 7: RFC 8949 §8 diagnostic notation, not pprint of decoded Python objects.
+    shown = client.format_payload(bytes.fromhex(hex_payload), ContentFormat.CBOR, tty=True)
+    assert shown == diagnostic + "\n"
+
+
+@needs_cbor_diag
+def test_terminal_output_of_cbor_with_trailing_bytes_says_so() -> None:
+    # Item 7: 81 01 02 is [1] followed by a stray 2; it must not be shown as just [1].
+    shown = client.format_payload(bytes.fromhex("810102"), ContentFormat.CBOR, tty=True)
+    assert isinstance(shown, str)
+    assert shown.startswith("00000000  81 01 02")
+    assert shown.splitlines()[-1].startswith("(not one CBOR data item:")
+    assert "[1]" not in shown
+
+
+@needs_cbor_diag
+def test_terminal_output_of_a_cbor_sequence_shows_every_item() -> None:
+    shown = client.format_payload(bytes.fromhex("0102a0"), ContentFormat.CBOR_SEQ, tty=True)
+    assert isinstance(shown, str)
+    assert [line.strip(", ") for line in shown.splitlines() if line.strip()] == ["1", "2", "{}"]
 
 
 def _response(code: Code, payload: bytes = b"", content_format: int | None = None) -> Message:
@@ -830,8 +890,8 @@ async def test_progress_line_on_a_terminal_after_a_second() -> None:
         )
     assert (status, out) == (3, b"")
     # Nothing acknowledged yet: 0 of the request body's 3000 bytes (Size1), after 1 s and after 2 s.
-    assert "\rcoapio-client: [                    ]   0% 0 of 3 KiB, 1 s\x1b[K" in err
-    assert "\rcoapio-client: [                    ]   0% 0 of 3 KiB, 2 s\x1b[K" in err
+    assert "\rcoapio-client: upload [                    ]   0% 0 of 3 KiB, 1 s\x1b[K" in err
+    assert "\rcoapio-client: upload [                    ]   0% 0 of 3 KiB, 2 s\x1b[K" in err
     progress, _, rest = err.rpartition("\r\x1b[K")  # erased before the error message
     assert progress
     assert rest.replace("\r\n", "\n") == (
