@@ -267,10 +267,10 @@ class _Accessor(Generic[T]):
 
     __slots__ = ("max_length", "min_length", "number")
 
-    def __init__(self, number: OptionNumber):
+    def __init__(self, number: OptionNumber, *, checked: bool = True):
         self.number = int(number)
         spec = SPECS[self.number]
-        self.min_length, self.max_length = spec.min_length, spec.max_length
+        self.min_length, self.max_length = (spec.min_length, spec.max_length) if checked else (0, 1 << 16)
 
     def _load(self, raw: list[bytes]) -> T:
         raise NotImplementedError
@@ -526,7 +526,8 @@ class Options:
     proxy_uri = _String(OptionNumber.PROXY_URI)
     proxy_scheme = _String(OptionNumber.PROXY_SCHEME)
     size1 = _Uint(OptionNumber.SIZE1)
-    echo = _Opaque(OptionNumber.ECHO)
+    # Unchecked: a client repeats the Echo value a server chose (RFC 9175 §2.2.2), whatever its length.
+    echo = _Opaque(OptionNumber.ECHO, checked=False)
     no_response = _Uint(OptionNumber.NO_RESPONSE)
     request_tag = _Opaque(OptionNumber.REQUEST_TAG)  # a single Request-Tag, as a client sends it
     request_tags = _Opaques(OptionNumber.REQUEST_TAG)
