@@ -251,8 +251,9 @@ def _read_payload(spec: str, stdin: BinaryIO | None) -> bytes:
 
 
 def _cbor_diag() -> Any | None:
-    """The cbor-diag package (the ``cbor`` extra), or None where it is not installed."""
+    """The cbor-diag package (the ``cbor`` extra, with cbor2), or None where they are not installed."""
     try:
+        importlib.import_module("cbor2")
         return importlib.import_module("cbor_diag")
     except ImportError:
         return None
@@ -276,8 +277,11 @@ def _to_cbor(text: str, content_format: ContentFormat) -> bytes:
             "needs the cbor-diag package: pip install 'coapio[cbor]' (or send a CBOR file with @FILE)"
         )
     try:
-        encoded: bytes = cbor_diag.diag2cbor(text, seq=_cbor_kind(content_format) == "seq")
-    except ValueError as e:
+        with _quiet_stderr():
+            encoded: bytes = cbor_diag.diag2cbor(text, seq=_cbor_kind(content_format) == "seq")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # ValueError; also a panic of the native parser (a BaseException)
         reason = (str(e).splitlines() or ["invalid"])[0].split(". Expected")[0]
         raise UsageError(f"--payload is neither JSON nor CBOR diagnostic notation: {reason}") from None
     return encoded
@@ -501,17 +505,60 @@ def _with_newline(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+def _cbor_problem(payload: bytes, sequence: bool) -> str | None:
+    """Why ``payload`` is not well-formed CBOR (one item, or a sequence), by cbor2; None if it is.
+
+    A server's bytes are checked before cbor-diag sees them: its parser recurses without a limit (deep
+    nesting overflows the stack and kills the process) and panics on some inputs, while cbor2 bounds the
+    nesting depth and reports every problem as an exception.
+    """
+    import io
+
+    cbor2: Any = importlib.import_module("cbor2")
+    stream = io.BytesIO(payload)
+    decoder = cbor2.CBORDecoder(stream)
+    try:
+        decoder.decode()
+        while sequence and stream.tell() < len(payload):
+            decoder.decode()
+    except Exception as e:
+        return str(e) or type(e).__name__
+    if stream.tell() < len(payload):
+        rest = len(payload) - stream.tell()
+        return f"{rest} more byte{'s' if rest > 1 else ''} after the first item"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Any:
+    """Keep a native library's panic message off the terminal (file descriptor 2, not sys.stderr)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cbor_text(payload: bytes, sequence: bool) -> str:
     """CBOR in diagnostic notation (RFC 8949 §8) by cbor-diag; a hex dump without it, or for bad CBOR."""
     cbor_diag = _cbor_diag()
     if cbor_diag is None:
         return _hexdump(payload)
-    try:
-        return _with_newline(printable(cbor_diag.cbor2diag(payload, seq=sequence)))
-    except ValueError as e:
-        reason = str(e).splitlines()[0] if str(e) else "invalid"
+    problem = _cbor_problem(payload, sequence)
+    if problem is not None:
         what = "a CBOR sequence" if sequence else "one CBOR data item"
-        return _hexdump(payload) + f"(not {what}: {printable(reason)})\n"
+        return _hexdump(payload) + f"(not {what}: {printable(problem)})\n"
+    try:
+        with _quiet_stderr():
+            return _with_newline(printable(cbor_diag.cbor2diag(payload, seq=sequence)))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # cbor-diag's panics (pyo3's PanicException) are BaseExceptions
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        return _hexdump(payload) + f"(cbor-diag cannot show this CBOR: {printable(reason)})\n"
 
 
 def format_payload(payload: bytes, content_format: int | None, *, tty: bool) -> bytes | str:
