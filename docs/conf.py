@@ -16,7 +16,7 @@ from sphinx.environment import BuildEnvironment
 from sphinx.util import logging
 
 import coapio
-from coapio import options as _options
+from coapio.protocol import options as _options
 
 # -- Project ----------------------------------------------------------------------------------------
 

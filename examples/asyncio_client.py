@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import anyio
 
 import coapio
 from coapio import ContentFormat, Message
-from coapio.error import CoapError
+from coapio.error import CoapError, NetworkError, UriError
 
 
 def describe(response: Message) -> str:
@@ -45,7 +46,12 @@ async def fetch(
         await out.put(f"{method} {uri}: no response within {limit:g} s (request cancelled)")
         return False
     except CoapError as e:
-        await out.put(f"{method} {uri}: {type(e).__name__}: {e}")
+        # A network error in the system's words ("Connection refused"), not its tuple of address fields.
+        if isinstance(e, NetworkError) and e.errno is not None:
+            reason = os.strerror(e.errno)
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        await out.put(f"{method} {uri}: {reason}")
         return False
     await out.put(f"{method} {uri}: {describe(response)}")
     return response.code.is_successful()
@@ -90,6 +96,12 @@ def cli(argv: list[str] | None = None) -> int:
         help="give up on the whole run after this long (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    for uri in args.uris:  # a bad URI is a mistake on the command line: one line, nothing sent
+        try:
+            Message(uri=uri)
+        except (UriError, ValueError) as e:
+            print(f"{parser.prog}: error: invalid URI {uri!r}: {e}", file=sys.stderr)
+            return 2
     try:
         ok = asyncio.run(main(args))
     except KeyboardInterrupt:

@@ -16,13 +16,14 @@ Every URI is requested at the same time, each in its own task of one nursery.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import trio
 
 import coapio
 from coapio import Code, ContentFormat, Message
-from coapio.error import CoapError
+from coapio.error import CoapError, NetworkError, UriError
 
 FORMATS = {"text": ContentFormat.TEXT_PLAIN, "json": ContentFormat.JSON, "link": ContentFormat.LINK_FORMAT}
 
@@ -65,9 +66,18 @@ def build_request(uri: str, args: argparse.Namespace) -> Message:
     return request
 
 
-async def fetch(ctx: coapio.Context, uri: str, args: argparse.Namespace, results: list[bool]) -> None:
+def explain(error: CoapError) -> str:
+    """A failure in words: the system's message for a network error (``Connection refused``), not its
+    tuple of address fields."""
+    if isinstance(error, NetworkError) and error.errno is not None:
+        return os.strerror(error.errno)
+    return f"{type(error).__name__}: {error}"
+
+
+async def fetch(
+    ctx: coapio.Context, uri: str, request: Message, args: argparse.Namespace, results: list[bool]
+) -> None:
     """One request, bounded by the timeout; prints its outcome."""
-    request = build_request(uri, args)
     method = request.code.name
     try:
         # The caller's cancel scope *is* the timeout API: there is no timeout= argument anywhere.
@@ -84,21 +94,21 @@ async def fetch(ctx: coapio.Context, uri: str, args: argparse.Namespace, results
     except CoapError as e:
         # RequestTimedOut (retransmissions exhausted), ResetReceived, NetworkError (e.g. ICMP port
         # unreachable: nobody listens there), ResponseRejected.
-        print(f"{method} {uri}: {type(e).__name__}: {e}")
+        print(f"{method} {uri}: {explain(e)}")
         results.append(False)
         return
     print(f"{method} {uri}: {describe(response)}")
     results.append(response.code.is_successful() or response.code == Code.VALID)
 
 
-async def run(args: argparse.Namespace) -> bool:
+async def run(args: argparse.Namespace, requests: list[tuple[str, Message]]) -> bool:
     results: list[bool] = []
     # A client-only context binds one ephemeral UDP port. Leaving the block ends every request
     # still running and closes the socket.
     async with coapio.Context() as ctx:
         async with trio.open_nursery() as nursery:
-            for uri in args.uris:
-                nursery.start_soon(fetch, ctx, uri, args, results)
+            for uri, request in requests:
+                nursery.start_soon(fetch, ctx, uri, request, args, results)
         # Every request has finished or been cancelled: nothing may be left behind.
         counters = ctx.counters
         if args.verbose:
@@ -123,9 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print the context's counters")
     args = parser.parse_args(argv)
+    # Build every request first: a bad URI is a mistake on the command line, reported in one line
+    # before anything is sent (inside the nursery it would come out as an exception group).
+    requests = []
+    for uri in args.uris:
+        try:
+            requests.append((uri, build_request(uri, args)))
+        except (UriError, ValueError) as e:  # ValueError: e.g. a path segment too long for CoAP
+            print(f"{parser.prog}: error: invalid URI {uri!r}: {e}", file=sys.stderr)
+            return 2
     status = 130  # unless the run completes: Ctrl-C
     try:
-        status = 0 if trio.run(run, args) else 1
+        status = 0 if trio.run(run, args, requests) else 1
     except* KeyboardInterrupt:  # `except*`: it may come out of a task group, wrapped in a group
         pass
     return status

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
-import types
+import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,15 @@ def test_help_documents_every_exit_status(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert out.startswith("usage: coapio-client")
     statuses = out.split("exit status:\n", 1)[1].splitlines()
-    assert [line.split()[0] for line in statuses if line.strip()] == ["0", "1", "2", "3", "4", "130"]
+    codes = [line.split()[0] for line in statuses if line[:3].strip().isdigit()]
+    assert codes == ["0", "1", "2", "3", "4", "130"]
 
 
 def test_missing_uri_is_an_argparse_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main([]) == 2
-    assert "the following arguments are required: URI" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # Issue 13, item 11: one line, not argparse's usage block followed by the message.
+    assert err == "coapio-client: error: the following arguments are required: URI (see --help)\n"
 
 
 def test_unknown_method_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,6 +113,31 @@ def test_verbose_and_quiet_exclude_each_other(capsys: pytest.CaptureFixture[str]
         (["--observe", "--observe-count", "-1", "coap://127.0.0.1/"], "positive whole number"),
         (["--observe", "--observe-count", "two", "coap://127.0.0.1/"], "positive whole number"),
         (["--observe", "-m", "post", "coap://127.0.0.1/"], "--observe needs the method GET or FETCH"),
+        # Issue 13, item 2: option values too long for their option are refused before anything is sent.
+        (["coap://127.0.0.1/" + "a" * 300], "Uri-Path (11) has 300 bytes; it must have at most 255"),
+        (["coap://127.0.0.1/?" + "q" * 300], "Uri-Query (15) has 300 bytes"),
+        (["-O", "Uri-Host," + "h" * 300, "coap://127.0.0.1/"], "Uri-Host (3) has 300 bytes"),
+        (["-O", "Uri-Query," + "q" * 300, "coap://127.0.0.1/"], "Uri-Query (15) has 300 bytes"),
+        (["-O", "If-Match,0x" + "ab" * 9, "coap://127.0.0.1/"], "If-Match (1) has 9 bytes; it must have at"),
+        (["-O", "ETag,0x" + "ab" * 9, "coap://127.0.0.1/"], "ETag (4) has 9 bytes"),
+        (["-O", "Echo,", "coap://127.0.0.1/"], "Echo (252) has 0 bytes; it must have at least 1"),
+        # Item 9: port 0 is not a port anything can be sent to.
+        (["coap://127.0.0.1:0/x"], "port 0 cannot be sent to"),
+        (["coap://[::1]:0/"], "port 0"),
+        # Item 11: argparse's own errors are one line too.
+        (["--bogus", "coap://127.0.0.1/"], "unrecognized arguments: --bogus"),
+        (["--color", "pink", "coap://127.0.0.1/"], "--color: invalid choice"),
+        (["--pretty", "--raw", "coap://127.0.0.1/"], "not allowed with"),
+        # The new flags' values are checked like the others.
+        (["--max-body-size", "0", "coap://127.0.0.1/"], "--max-body-size must be a positive number"),
+        (["--max-body-size", "lots", "coap://127.0.0.1/"], "--max-body-size must be"),
+        (["--observe-for", "2", "coap://127.0.0.1/"], "--observe-for needs --observe"),
+        (["--observe", "--observe-for", "-1", "coap://127.0.0.1/"], "--observe-for must be a positive"),
+        (["--token", "xyz", "coap://127.0.0.1/"], "--token 'xyz' is not hex"),
+        (["--token", "00" * 9, "coap://127.0.0.1/"], "--token must be 1 to 8 bytes"),
+        (["--bind", "[::1", "coap://127.0.0.1/"], "--bind"),
+        (["--bind", "127.0.0.1:http", "coap://127.0.0.1/"], "the port must be a number"),
+        (["-o", "/nonexistent/dir/out.bin", "coap://127.0.0.1/"], "no such directory"),
     ],
 )
 def test_bad_argument_is_one_line_and_exit_2(
@@ -267,18 +296,64 @@ def test_terminal_output_hex_dumps_binary() -> None:
     )
 
 
-def test_terminal_output_of_cbor_without_cbor2_is_a_hex_dump(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "cbor2", None)  # makes `import cbor2` fail
+def test_terminal_output_of_cbor_without_cbor_diag_is_a_hex_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cbor_diag", None)  # makes `import cbor_diag` fail
     assert client.format_payload(b"\xa1\x61a\x01", ContentFormat.CBOR, tty=True) == (
         "00000000  a1 61 61 01" + " " * 36 + "  |.aa.|\n"
     )
 
 
-def test_terminal_output_of_cbor_with_cbor2_is_pretty(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("cbor2")
-    fake.loads = lambda data: {"a": 1} if data == b"\xa1\x61a\x01" else None  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cbor2", fake)
-    assert client.format_payload(b"\xa1\x61a\x01", ContentFormat.CBOR, tty=True) == "{'a': 1}\n"
+needs_cbor_diag = pytest.mark.skipif(
+    importlib.util.find_spec("cbor_diag") is None or importlib.util.find_spec("cbor2") is None,
+    reason="needs the cbor extra (cbor2 and cbor-diag)",
+)
+
+
+@needs_cbor_diag
+@pytest.mark.parametrize(
+    ("hex_payload", "diagnostic"),
+    [
+        ("a1616101", '{"a": 1}'),
+        ("a18001", "{[]: 1}"),  # a key that no Python dict could hold
+        ("d9d9f7a0", "55799({})"),  # the self-described CBOR tag stays visible
+        ("83f93e00f6f5", "[1.5_1, null, true]"),  # _1: a half-precision float
+        ("4401020304", "h'01020304'"),
+    ],
+)
+def test_terminal_output_of_cbor_is_diagnostic_notation(hex_payload: str, diagnostic: str) -> None:
+    # Issue 13, item 7: RFC 8949 §8 diagnostic notation, not pprint of decoded Python objects.
+    shown = client.format_payload(bytes.fromhex(hex_payload), ContentFormat.CBOR, tty=True)
+    assert shown == diagnostic + "\n"
+
+
+@needs_cbor_diag
+def test_terminal_output_of_cbor_with_trailing_bytes_says_so() -> None:
+    # Item 7: 81 01 02 is [1] followed by a stray 2; it must not be shown as just [1].
+    shown = client.format_payload(bytes.fromhex("810102"), ContentFormat.CBOR, tty=True)
+    assert isinstance(shown, str)
+    assert shown.startswith("00000000  81 01 02")
+    assert shown.splitlines()[-1].startswith("(not one CBOR data item:")
+    assert "[1]" not in shown
+
+
+@needs_cbor_diag
+def test_hostile_cbor_is_shown_as_hex_without_crashing_or_noise(capfd: pytest.CaptureFixture[str]) -> None:
+    # cbor-diag alone overflows the stack on deep nesting (the process dies) and panics on some valid
+    # CBOR, printing a Rust backtrace: the client checks with cbor2 first and keeps file descriptor 2 quiet.
+    deep = client.format_payload(b"\x81" * 100_000 + b"\x01", ContentFormat.CBOR, tty=True)
+    assert isinstance(deep, str) and deep.endswith("(not one CBOR data item: maximum container nesting depth"
+                                                   " (400) exceeded)\n")
+    empty_chunks = client.format_payload(b"\x5f\xff", ContentFormat.CBOR, tty=True)  # (_ ): valid CBOR
+    assert isinstance(empty_chunks, str)
+    assert empty_chunks.startswith("00000000  5f ff") or empty_chunks.startswith("(_")
+    assert capfd.readouterr() == ("", "")
+
+
+@needs_cbor_diag
+def test_terminal_output_of_a_cbor_sequence_shows_every_item() -> None:
+    shown = client.format_payload(bytes.fromhex("0102a0"), ContentFormat.CBOR_SEQ, tty=True)
+    assert isinstance(shown, str)
+    assert [line.strip(", ") for line in shown.splitlines() if line.strip()] == ["1", "2", "{}"]
 
 
 def _response(code: Code, payload: bytes = b"", content_format: int | None = None) -> Message:
@@ -831,8 +906,8 @@ async def test_progress_line_on_a_terminal_after_a_second() -> None:
         )
     assert (status, out) == (3, b"")
     # Nothing acknowledged yet: 0 of the request body's 3000 bytes (Size1), after 1 s and after 2 s.
-    assert "\rcoapio-client: [                    ]   0% 0 of 3 KiB, 1 s\x1b[K" in err
-    assert "\rcoapio-client: [                    ]   0% 0 of 3 KiB, 2 s\x1b[K" in err
+    assert "\rcoapio-client: upload [                    ]   0% 0 of 3 KiB, 1 s\x1b[K" in err
+    assert "\rcoapio-client: upload [                    ]   0% 0 of 3 KiB, 2 s\x1b[K" in err
     progress, _, rest = err.rpartition("\r\x1b[K")  # erased before the error message
     assert progress
     assert rest.replace("\r\n", "\n") == (
@@ -1020,3 +1095,355 @@ async def test_progress_bar_follows_a_slow_download_with_its_size2() -> None:
     assert all(" of 8 KiB, " in line for line in lines), lines  # the total is the server's Size2
     percents = [int(line.split("%")[0].split()[-1]) for line in lines]
     assert 0 < percents[0] < 100 and percents == sorted(percents)
+
+
+# --- issue 13: what a user trips over -------------------------------------------------------------
+
+
+def test_short_content_format_names() -> None:
+    request = client.build_request(_args("--content-format", "JSON", "--accept", "cbor", "coap://127.0.0.1/"))
+    assert (request.opt.content_format, request.opt.accept) == (ContentFormat.JSON, ContentFormat.CBOR)
+    for name, number in client.CONTENT_FORMAT_NAMES.items():
+        assert client.build_request(_args("--accept", name, "coap://127.0.0.1/")).opt.accept == number
+
+
+@needs_cbor_diag
+@pytest.mark.parametrize(
+    ("content_format", "payload", "expected"),
+    [
+        ("cbor", '{"a": 1}', "a1616101"),  # JSON
+        ("application/cbor", "[1, h'ff', true]", "830141fff5"),  # diagnostic notation
+        ("cbor-seq", "1, 2", "0102"),  # a CBOR sequence
+        ("json", '{"a": 1}', b'{"a": 1}'.hex()),  # not CBOR-based: sent as written
+    ],
+)
+def test_a_text_payload_for_a_cbor_format_is_sent_as_cbor(
+    content_format: str, payload: str, expected: str
+) -> None:
+    request = client.build_request(_args(
+        "-m", "post", "--content-format", content_format, "--payload", payload, "coap://127.0.0.1/"
+    ))
+    assert request.payload.hex() == expected
+
+
+def test_a_cbor_payload_from_a_file_is_sent_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "data.cbor"
+    path.write_bytes(b"\xa1\x61a\x01")
+    request = client.build_request(_args("--content-format", "cbor", "--payload", f"@{path}", "coap://h/"))
+    assert request.payload == b"\xa1\x61a\x01"
+
+
+def test_cbor_conversion_without_cbor_diag_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "cbor_diag", None)
+    assert client.main(["-m", "post", "--content-format", "cbor", "--payload", "{}", "coap://h/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'coapio[cbor]'" in err
+
+
+@needs_cbor_diag
+def test_bad_diagnostic_notation_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(["-m", "post", "--content-format", "cbor", "--payload", "[1,", "coap://h/"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("coapio-client: error: --payload is neither JSON nor CBOR diagnostic notation")
+    assert err.count("\n") == 1
+
+
+def test_token_and_no_set_hostname() -> None:
+    request = client.build_request(_args("--token", "0a0B", "coap://localhost:7/x"))
+    assert (request.token, request.opt.uri_host) == (b"\x0a\x0b", "localhost")
+    request = client.build_request(_args("--no-set-hostname", "coap://localhost:7/x"))
+    assert request.opt.uri_host is None and request.opt.uri_path == ("x",)
+    assert request.remote == Peer("coap", ("localhost", 7))  # still sent to that host
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1", 1), ("4096", 4096), ("4k", 4096), ("16M", 16 << 20), ("1g", 1 << 30)]
+)
+def test_max_body_size_takes_bytes_or_a_binary_suffix(text: str, size: int) -> None:
+    assert client.parse_size(text) == size
+    plan = client.make_plan(_args("--max-body-size", text, "coap://127.0.0.1/"))
+    assert plan.tuning.max_body_size == size
+
+
+def test_the_default_give_up_times_are_those_of_the_transport() -> None:
+    # Item 4: --help said about 93 s for every request; a NON request gives up after MAX_TRANSMIT_SPAN.
+    tuning = TransportTuning()
+    assert round(tuning.max_transmit_wait) == client.CON_GIVE_UP
+    assert round(tuning.non_timeout) == client.NON_GIVE_UP
+    help_text = " ".join(client.build_parser().format_help().split())
+    expected = f"about {client.CON_GIVE_UP} s for a CON request, {client.NON_GIVE_UP} s for a NON one"
+    assert expected in help_text
+
+
+def test_a_non_request_that_times_out_is_not_blamed_on_retransmissions() -> None:
+    # Item 4: a NON request is never retransmitted, so "the retransmissions gave up" was wrong.
+    request = client.build_request(_args("--non", "coap://127.0.0.1:9/"))
+    outcome = client._failure(error.RequestTimedOut("gave up"), request, None)
+    assert outcome is not None
+    status, message = outcome
+    assert status == 3
+    assert "retransmission" not in message
+    assert "NON request is sent once" in message and f"about {client.NON_GIVE_UP} s" in message
+
+
+def test_a_response_suppressed_by_no_response_is_success() -> None:
+    # Item 3: the runtime reports a suppressed response as an empty message; that is what was asked for.
+    assert _show(response=Message(Type.ACK, Code.EMPTY, 7)) == (0, "", "")
+    status, out, err = _show("-v", response=Message(Type.ACK, Code.EMPTY, 7))
+    assert (status, out) == (0, "")
+    assert "suppressed by the No-Response option" in err
+
+
+def test_terminal_output_escapes_control_characters() -> None:
+    # Item 10: a server's escape sequences must not reach the terminal raw.
+    evil = b"\x1b]0;pwned\x07\x1b[2J\rred\xc2\x9b1m\ttab\n"  # \xc2\x9b: the C1 CSI in UTF-8
+    shown = client.format_payload(evil, ContentFormat.TEXT_PLAIN, tty=True)
+    assert shown == "\\x1b]0;pwned\\x07\\x1b[2J\\x0dred\\x9b1m\ttab\n"
+    assert client.format_payload(evil, None, tty=True) == shown
+    assert client.format_payload(evil, ContentFormat.TEXT_PLAIN, tty=False) == evil  # a pipe gets bytes
+    links = client.format_payload(b'</a>;title="\x1b[31m"', ContentFormat.LINK_FORMAT, tty=True)
+    assert isinstance(links, str) and "\x1b" not in links
+
+
+class _FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_error_diagnostic_and_options_are_escaped_on_a_terminal() -> None:
+    response = _response(Code.NOT_FOUND, b"gone\x1b[2J")
+    response.opt.location_path = ("\x1b[31m",)
+    stderr = _FakeTerminal()
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    status = client.show_response(_args("-v", "--color", "never", "coap://h/"), response, stdout, stderr)
+    assert status == 1
+    assert "\x1b" not in stderr.getvalue()
+    assert "gone\\x1b[2J" in stderr.getvalue() and "Location-Path=\\x1b[31m" in stderr.getvalue()
+
+
+@pytest.mark.parametrize(("setting", "coloured"), [("always", True), ("never", False), ("auto", True)])
+def test_colour_only_on_a_terminal_or_when_asked(
+    monkeypatch: pytest.MonkeyPatch, setting: str, coloured: bool
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    for stderr, tty in ((_FakeTerminal(), True), (io.StringIO(), False)):
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        args = _args("-v", "--color", setting, "coap://h/")
+        client.show_response(args, _response(Code.CONTENT), stdout, stderr)
+        expected = coloured and (tty or setting == "always")
+        assert ("\x1b[32m2.05 Content\x1b[0m" in stderr.getvalue()) == expected, (setting, tty)
+
+
+def test_no_color_turns_automatic_colour_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    stderr = _FakeTerminal()
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    client.show_response(_args("coap://h/"), _response(Code.NOT_FOUND), stdout, stderr)
+    assert stderr.getvalue() == "4.04 Not Found\n"
+
+
+def test_raw_and_pretty_override_the_terminal_check() -> None:
+    payload = b'{"a":1}'
+    terminal = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    terminal.isatty = lambda: True  # type: ignore[method-assign]
+    response = _response(Code.CONTENT, payload, 50)
+    client.show_response(_args("--raw", "coap://h/"), response, terminal, io.StringIO())
+    terminal.flush()
+    assert terminal.buffer.getvalue() == payload  # type: ignore[attr-defined]
+    pipe = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    client.show_response(_args("--pretty", "coap://h/"), response, pipe, io.StringIO())
+    pipe.flush()
+    assert pipe.buffer.getvalue() == b'{\n  "a": 1\n}\n'
+
+
+def test_progress_labels_the_upload_and_then_the_download() -> None:
+    # Item 15: a block-wise PUT with a block-wise response drew two unlabelled bars one after the other.
+    state = client._Progress(upload=3000)
+    assert client._progress_line(state, 1).startswith("upload [")
+    state(1024, 3000)
+    state(3000, 3000)
+    assert client._progress_line(state, 2).startswith("upload [####################] 100%")
+    state(1024, 8192)
+    assert client._progress_line(state, 3) == "download [##                  ]  12% 1 of 8 KiB, 3 s"
+    state(8192, 8192)
+    assert client._progress_line(state, 4).startswith("download [####################] 100%")
+    state = client._Progress()  # a download only
+    state(512, None)
+    assert client._progress_line(state, 1) == "download 0 KiB, 1 s"
+
+
+def test_help_and_version_import_neither_the_runtime_nor_trio(tmp_path: Path) -> None:
+    # Item 16: --version and --help loaded the whole runtime (0.55 s). The package's own __init__ is
+    # made lazy elsewhere; here a bare package object stands in for it, and the tool must not need more.
+    root = Path(client.__file__).resolve().parent.parent
+    script = textwrap.dedent(f"""
+        import io, sys, types, contextlib
+        package = types.ModuleType("coapio")
+        package.__path__ = [{str(root)!r}]
+        package.__version__ = "9.9"
+        sys.modules["coapio"] = package
+        from coapio.cli import client
+        for argv in (["--version"], ["--help"]):
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                assert client.main(argv) == 0
+            assert out.getvalue(), argv
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("trio", "anyio", "attrs")
+                       or m.startswith(("coapio.runtime", "coapio.transports", "coapio.protocol")))
+        print(heavy)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=SUBPROCESS_LIMIT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+
+
+async def test_no_response_for_success_exits_0_quietly(coapio_port: int) -> None:
+    # Item 3: "-O No-Response,2" printed "0.00 Empty" and exited 1.
+    for extra in ([], ["--non"]):
+        result = await run_client(*extra, "-O", "No-Response,2", f"coap://127.0.0.1:{coapio_port}/time")
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), extra
+
+
+async def test_no_response_still_reports_an_unsuppressed_error(coapio_port: int) -> None:
+    result = await run_client("-O", "No-Response,2", f"coap://127.0.0.1:{coapio_port}/no/such/thing")
+    assert (result.returncode, result.stderr) == (1, b"4.04 Not Found\n")
+
+
+async def test_very_verbose_logs_options_and_every_block(coapio_port: int) -> None:
+    # Item 8: -vv showed neither blocks nor options.
+    result = await run_client("-vv", "--block-size", "1024", f"coap://127.0.0.1:{coapio_port}/large")
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
+    for num in range(8):
+        assert f"Block2={num}/0/1024" in err  # each request
+        assert f"Block2={num}/{int(num < 7)}/1024" in err  # each response block
+    assert err.count("sent CON to 127.0.0.1") == 8
+    assert "Size2=8192" in err and "Uri-Path=large" in err
+
+
+async def test_very_verbose_shows_retransmissions() -> None:
+    # Item 8: a retransmission is logged as such; the client is stopped as soon as the server saw it.
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        process = await trio.lowlevel.open_process(
+            [*CLIENT, "-vv", f"coap://127.0.0.1:{port}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            with trio.fail_after(SUBPROCESS_LIMIT):
+                for _ in range(2):  # the request, then its first retransmission (after 2 to 3 s)
+                    await trio.lowlevel.wait_readable(sock)
+                    sock.recv(2048)
+                assert process.stderr is not None
+                err = b""
+                while b"(retransmission 1)" not in err:  # logged just after the send
+                    chunk = await process.stderr.receive_some()
+                    assert chunk, err
+                    err += chunk
+                process.send_signal(signal.SIGINT)
+                await process.wait()
+        finally:
+            process.kill()
+            await process.wait()
+    line = next(line for line in err.decode().splitlines() if "(retransmission 1)" in line)
+    expected = rf"sent CON to 127\.0\.0\.1:{port}: GET / mid=\d+ token=[0-9a-f]{{16}} \(retransmission 1\)$"
+    assert re.search(expected, line), line
+
+
+async def test_max_body_size_limits_and_allows_a_download(coapio_port: int) -> None:
+    # Item 14: the 8 MiB limit could not be changed from the command line.
+    uri = f"coap://127.0.0.1:{coapio_port}/large"
+    small = await run_client("--max-body-size", "4k", uri)
+    assert (small.returncode, small.stdout) == (4, b"")
+    assert b"exceeds the limit of 4096" in small.stderr and b"--max-body-size" in small.stderr
+    exact = await run_client("--max-body-size", "8192", uri)
+    assert (exact.returncode, exact.stdout) == (0, large_text())
+
+
+async def test_output_file_gets_the_payload_bytes(coapio_port: int, tmp_path: Path) -> None:
+    path = tmp_path / "large.txt"
+    result = await run_client("-o", str(path), f"coap://127.0.0.1:{coapio_port}/large")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert path.read_bytes() == large_text()
+    failed = await run_client("-o", str(tmp_path / "missing.txt"), f"coap://127.0.0.1:{coapio_port}/nothing")
+    assert failed.returncode == 1
+    assert not (tmp_path / "missing.txt").exists()  # an error response writes no file
+
+
+async def test_pretty_makes_a_pipe_readable(coapio_port: int) -> None:
+    result = await run_client("--pretty", f"coap://127.0.0.1:{coapio_port}/json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b'{\n  "temperature": 21.5,\n  "unit": "C"\n}\n'
+
+
+async def test_bind_sets_the_local_address_and_port(coapio_port: int) -> None:
+    port = closed_port("127.0.0.1")
+    result = await run_client("--bind", f"127.0.0.1:{port}", f"coap://127.0.0.1:{coapio_port}/whoami")
+    assert (result.returncode, result.stdout) == (0, f"127.0.0.1:{port}".encode())
+    with silent_udp_socket() as busy:
+        taken = busy.getsockname()[1]
+        result = await run_client("--bind", f"127.0.0.1:{taken}", f"coap://127.0.0.1:{coapio_port}/whoami")
+    assert result.returncode == 4
+    assert result.stderr.decode() == (
+        f"coapio-client: error: cannot bind --bind 127.0.0.1:{taken}: Address already in use\n"
+    )
+
+
+async def test_token_goes_on_the_wire(coapio_port: int) -> None:
+    result = await run_client("-v", "--token", "c0ffee", f"coap://127.0.0.1:{coapio_port}/time")
+    assert result.returncode == 0, result.stderr
+    assert "token=c0ffee" in result.stderr.decode().splitlines()[2]
+
+
+async def test_observe_for_stops_and_deregisters(served: Served) -> None:
+    start = trio.current_time()
+    result = await observe_client("--observe", "--observe-for", "0.5", f"coap://127.0.0.1:{served.port}/counter")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"0\n", b"")
+    assert trio.current_time() - start >= 0.5
+    await trio.testing.wait_all_tasks_blocked()
+    assert served.counter.observer_count == 0
+
+
+def test_observe_into_a_file_keeps_the_latest_whole(tmp_path: Path) -> None:
+    path = tmp_path / "counter.txt"
+    args = _args("--observe", "-o", str(path), "coap://h/")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    for n, payload in enumerate([b"first, longer", b"2nd", b"3"]):
+        shown = client._show(args, _response(Code.CONTENT, payload), stdout, io.StringIO(), first=n == 0)
+        assert shown == (0, True)
+        assert path.read_bytes() == payload  # replaced, never appended to or left half-written
+    assert stdout.buffer.getvalue() == b""  # type: ignore[attr-defined]
+    assert [p.name for p in tmp_path.iterdir()] == ["counter.txt"]  # no temporary file left behind
+
+
+async def test_observe_sigterm_exits_0_and_deregisters(served: Served) -> None:
+    # Item 6: SIGTERM (kill, timeout) exited 143 and left the registration behind.
+    def terminate(index: int, process: trio.Process) -> None:
+        assert served.counter.observer_count == 1
+        process.send_signal(signal.SIGTERM)
+
+    result = await observe_client("--observe", f"coap://127.0.0.1:{served.port}/counter", react=terminate)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"0\n", b"")
+    await trio.testing.wait_all_tasks_blocked()
+    assert served.counter.observer_count == 0
+
+
+async def test_observe_sigterm_before_the_first_response_exits_143() -> None:
+    with silent_udp_socket() as sock:
+        port = sock.getsockname()[1]
+        process = await trio.lowlevel.open_process(
+            [*CLIENT, "--observe", f"coap://127.0.0.1:{port}/"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            with trio.fail_after(SUBPROCESS_LIMIT):
+                await trio.lowlevel.wait_readable(sock)
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+        finally:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 143

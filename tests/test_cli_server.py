@@ -618,3 +618,87 @@ def test_bad_worker_count_is_a_usage_error(capsys: pytest.CaptureFixture[str], c
     assert server.main(["--workers", count]) == 2
     err = capsys.readouterr().err
     assert "--workers" in err and "Traceback" not in err
+
+
+# --- issue 13: what a user trips over -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/time", "/large", "/whoami"])
+async def test_an_accept_the_resource_cannot_serve_gets_4_06(served: Served, path: str) -> None:
+    # Item 1: the demo server ignored Accept (RFC 7252 §5.10.4 requires 4.06 Not Acceptable).
+    response = await served.client.get(served.base + path, accept=ContentFormat.JSON)
+    assert response.code == Code.NOT_ACCEPTABLE
+    assert b"text/plain" in response.payload
+    response = await served.client.get(served.base + path, accept=ContentFormat.TEXT_PLAIN)
+    assert response.code == Code.CONTENT
+
+
+async def test_echo_answers_4_06_for_an_accept_other_than_the_payloads_format(served: Served) -> None:
+    response = await served.client.post(
+        served.base + "/echo", b"{}", content_format=ContentFormat.JSON, accept=ContentFormat.CBOR
+    )
+    assert response.code == Code.NOT_ACCEPTABLE
+    response = await served.client.post(
+        served.base + "/echo", b"{}", content_format=ContentFormat.JSON, accept=ContentFormat.JSON
+    )
+    assert (response.code, response.payload) == (Code.CHANGED, b"{}")
+
+
+async def test_observing_with_an_unservable_accept_is_refused(served: Served) -> None:
+    request = Message(code=Code.GET, uri=served.base + "/time")
+    request.opt.accept = ContentFormat.CBOR
+    with trio.fail_after(5):
+        async with served.client.observe(request) as observation:
+            responses = [response async for response in observation]
+    assert [r.code for r in responses] == [Code.NOT_ACCEPTABLE]
+
+
+@pytest.mark.interop
+async def test_libcoap_client_with_accept_json_gets_4_06(running_server: Running) -> None:
+    result = await coap_client("-v", "6", "-A", "50", f"coap://127.0.0.1:{running_server.port}/time")
+    assert b"4.06" in result.stdout + result.stderr, result
+
+
+def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # Item 11: argparse printed its usage block before the message.
+    assert server.main(["--frobnicate"]) == 2
+    assert capsys.readouterr().err == (
+        "coapio-server: error: unrecognized arguments: --frobnicate (see --help)\n"
+    )
+
+
+async def test_verbose_logs_every_request_and_response() -> None:
+    # Item 8: the server logged no request or error.
+    async with start_server("-v") as running:
+        async with Context(bind=[("127.0.0.1", 0)]) as ctx:
+            with trio.fail_after(5):
+                await ctx.get(f"coap://127.0.0.1:{running.port}/nothing/here")
+        assert running.process.stderr is not None
+        log = b""
+        with trio.fail_after(SUBPROCESS_LIMIT):
+            while b"4.04 Not Found" not in log:
+                chunk = await running.process.stderr.receive_some()
+                assert chunk, log
+                log += chunk
+    lines = log.decode().splitlines()
+    received = r"received CON from 127\.0\.0\.1:\d+: GET /nothing/here mid=\d+"
+    assert any(re.search(received, line) for line in lines)
+    assert any(re.search(r"sent ACK to 127\.0\.0\.1:\d+: 4\.04 Not Found mid=\d+", line) for line in lines)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfd_open")
+async def test_workers_die_with_a_killed_supervisor() -> None:
+    # Item 5: kill -9 of the supervisor left both workers serving, re-parented to PID 1.
+    async with start_server("--workers", "2", suffix=b" (2 workers)") as running:
+        children = _children(running.process.pid)
+        assert len(children) == 2
+        pidfds = [os.pidfd_open(child) for child in children]
+        try:
+            running.process.kill()  # SIGKILL: no chance to clean up
+            with trio.fail_after(SUBPROCESS_LIMIT):
+                for pidfd in pidfds:
+                    await trio.lowlevel.wait_readable(pidfd)  # readable once that process has exited
+        finally:
+            for pidfd in pidfds:
+                os.close(pidfd)
+    assert not [child for child in children if _alive(child)]

@@ -218,3 +218,24 @@ def test_tutorial_snippets_compile() -> None:
     assert blocks
     for lineno, code in blocks:
         compile(code, f"docs/tutorial.rst:{lineno}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+@pytest.mark.parametrize("program", ["trio_client.py", "asyncio_client.py"])
+def test_a_bad_uri_is_one_line_and_exit_2(program: str) -> None:
+    # Issue 13, item 13: trio_client.py printed ~40 lines of nested exception groups.
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / program), "bad uri"],
+        capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=_env(),
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"{program}: error: invalid URI 'bad uri': relative URI: an absolute URI with a scheme is needed\n"
+    )
+
+
+@pytest.mark.parametrize("program", ["trio_client.py", "asyncio_client.py"])
+def test_a_refused_request_is_explained_in_words(program: str) -> None:
+    # Item 13: "NetworkError: [Errno 111] ('::ffff:127.0.0.1', 5999, 0, 0): ECONNREFUSED".
+    port = free_udp_port()
+    out = client(program, f"coap://127.0.0.1:{port}/hello", "--timeout", "5", expect=1)
+    assert out == f"GET coap://127.0.0.1:{port}/hello: Connection refused\n"

@@ -5,7 +5,8 @@ second while observed), ``/large`` (8 KiB of text, served block-wise), ``/echo``
 request's payload and Content-Format, block-wise both ways when large), ``/whoami`` (the client's address)
 and the generated ``/.well-known/core``. Every renderer is a plain ``def``, so the server answers on its
 socket tasks without spawning a task per request; only an observation of ``/time`` has a task, its ticker.
-SIGINT (Ctrl-C) and SIGTERM stop it cleanly with status 0.
+Each resource offers one content format and answers an Accept asking for another with 4.06 Not
+Acceptable (RFC 7252 §5.10.4). SIGINT (Ctrl-C) and SIGTERM stop it cleanly with status 0.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datetime
 import errno
 import functools
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -26,7 +28,7 @@ from collections.abc import Callable, Sequence
 import anyio
 import trio
 
-from .. import __version__
+from .. import __version__, error
 from ..protocol.codes import Code
 from ..protocol.contentformat import ContentFormat
 from ..protocol.message import Message
@@ -34,7 +36,8 @@ from ..runtime.context import Context
 from ..runtime.resource import Resource, Site
 from ..runtime.server import ObservableResource
 from ..transports.udp import open_udp_socket, parse_bind
-from ._common import error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
+from ._common import OneLineParser, error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
+from ._trace import install_tracer
 
 __all__ = ["LARGE_SIZE", "Echo", "Large", "Time", "Welcome", "WhoAmI", "build_site", "large_text", "main"]
 
@@ -49,6 +52,14 @@ DEFAULT_BIND = ("::", 5683)
 FALLBACK_BIND = ("0.0.0.0", 5683)
 
 _TEXT = ContentFormat.TEXT_PLAIN
+
+
+def _offer(request: Message, content_format: int | None) -> None:
+    """Raise 4.06 Not Acceptable when the request's Accept asks for another format (RFC 7252 §5.10.4)."""
+    accept = request.opt.accept
+    if accept is not None and accept != content_format:
+        offered = "no content format" if content_format is None else ContentFormat(content_format).media_type
+        raise error.NotAcceptable(f"Accept {accept} cannot be served: this resource has {offered}")
 
 
 def _text(payload: str, code: Code = Code.EMPTY) -> Message:
@@ -67,6 +78,7 @@ class Welcome(Resource):
         self.site = site
 
     def render_get(self, request: Message) -> Message:
+        _offer(request, _TEXT)
         hrefs = [link.href for link in self.site.links()] + ["/.well-known/core"]
         lines = [f"Welcome to coapio {__version__}, a trio-native CoAP server.", "Resources:"]
         lines += [f"  {href}" for href in hrefs]
@@ -95,6 +107,7 @@ class Time(ObservableResource):
         self._last_tick: int | None = None  # the second last notified for
 
     def render_get(self, request: Message) -> Message:
+        _offer(request, _TEXT)
         now = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
         response = _text(now.strftime("%Y-%m-%dT%H:%M:%SZ"))
         response.opt.max_age = 1  # a cached copy is stale after a second
@@ -132,13 +145,15 @@ class Large(Resource):
         self._body = large_text()
 
     def render_get(self, request: Message) -> Message:
+        _offer(request, _TEXT)
         response = Message(payload=self._body)
         response.opt.content_format = _TEXT
         return response
 
 
 class Echo(Resource):
-    """``/echo``: POST and PUT answer 2.04 with the request's payload and Content-Format.
+    """``/echo``: POST and PUT answer 2.04 with the request's payload and Content-Format (4.06 for an
+    Accept that asks for another one).
 
     A large payload arrives with Block1 and leaves with Block2: the runtime reassembles the request (up
     to ``TransportTuning.max_body_size``, 8 MiB by default) and segments the response. It has no GET
@@ -148,8 +163,9 @@ class Echo(Resource):
     link_attributes = {"title": "Echoes POST and PUT payloads"}
 
     def render_post(self, request: Message) -> Message:
-        response = Message(code=Code.CHANGED, payload=request.payload)
         content_format = request.opt.content_format
+        _offer(request, content_format)
+        response = Message(code=Code.CHANGED, payload=request.payload)
         if content_format is not None:
             response.opt.content_format = content_format
         return response
@@ -163,6 +179,7 @@ class WhoAmI(Resource):
     link_attributes = {"title": "Your address", "ct": int(_TEXT)}
 
     def render_get(self, request: Message) -> Message:
+        _offer(request, _TEXT)
         return _text(format_address(request.remote))
 
 
@@ -178,7 +195,7 @@ def build_site() -> Site:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description=(
             "Serve the coapio demo resources /, /time (observable), /large, /echo, /whoami and\n"
@@ -200,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (repeatable); IPv6 as [addr]:port; the port defaults to 5683",
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log INFO (-vv: DEBUG) to stderr"
+        "-v", "--verbose", action="count", default=0,
+        help="log every request and response to stderr (-vv: also empty messages and every option)"
     )
     parser.add_argument(
         "--workers", metavar="N", type=_worker_count, default=1,
@@ -215,11 +233,24 @@ def _bind_text(binds: Sequence[tuple[str, int]]) -> str:
     return ", ".join(format_address(b, unmap=False) for b in binds)
 
 
-async def _serve(binds: list[tuple[str, int]], explicit: bool, *, worker: bool = False) -> int:
-    """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal.
+async def _until_supervisor_dies() -> None:
+    """Return when the supervisor is gone: a worker's stdin is a pipe whose other end only the supervisor
+    holds, so it reads end-of-file however the supervisor ended, ``kill -9`` included. (PR_SET_PDEATHSIG
+    would not do: it fires when the *thread* that started the worker ends, and trio starts processes
+    from worker threads that come and go.)"""
+    async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+        while await stdin.receive_some():
+            pass
+
+
+async def _serve(
+    binds: list[tuple[str, int]], explicit: bool, *, worker: bool = False, verbose: int = 0
+) -> int:
+    """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal (or,
+    for a worker, for its supervisor to go away).
 
     The signal receiver stays installed until the context has closed, so a second Ctrl-C during the
-    shutdown is absorbed instead of interrupting it half-way.
+    shutdown is absorbed instead of interrupting it half-way. With ``-v`` every datagram is logged.
     """
     site = build_site()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -245,13 +276,24 @@ async def _serve(binds: list[tuple[str, int]], explicit: bool, *, worker: bool =
                     error_line(PROG, f"cannot bind {_bind_text(binds)}: {reason}")
                     return EXIT_CANNOT_BIND
                 break
+            if verbose:
+                install_tracer(context)
             if worker:
                 print("ready", flush=True)  # to the supervising process, which announces the server
             else:
                 addresses = _bind_text(context.local_addresses)
                 print(f"{PROG} listening on {addresses}", file=sys.stderr, flush=True)
-            async for _ in signals:
-                break
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        break
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                if worker:
+                    await _until_supervisor_dies()
+                    nursery.cancel_scope.cancel()
     return EXIT_OK
 
 
@@ -281,7 +323,8 @@ async def _supervise(binds: list[tuple[str, int]], explicit: bool, workers: int,
     The kernel hashes each client's source address to one worker, so a client's retransmissions and
     duplicates meet the same deduplication state. The reserved sockets are closed once every worker is
     ready: until then they are part of the group, and a datagram the kernel hands them is lost (a CON is
-    retransmitted). A worker that dies takes the server down: status 1.
+    retransmitted). A worker that dies takes the server down: status 1. A supervisor that dies (even by
+    ``kill -9``) takes the workers down: each watches its stdin, a pipe from here, for end-of-file.
     """
     try:
         reserved = _reserve(binds, explicit)
@@ -300,7 +343,10 @@ async def _supervise(binds: list[tuple[str, int]], explicit: bool, workers: int,
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             for _ in range(workers):
-                processes.append(await trio.lowlevel.open_process(command, stdout=subprocess.PIPE))
+                # stdin: a pipe that closes when this process ends in any way; the workers watch it.
+                processes.append(await trio.lowlevel.open_process(
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                ))
             with trio.fail_after(30):
                 for process in processes:
                     assert process.stdout is not None
@@ -371,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.workers > 1:
             return trio.run(_supervise, binds or [DEFAULT_BIND], bool(binds), args.workers, args.verbose)
-        return trio.run(functools.partial(_serve, binds or [DEFAULT_BIND], bool(binds), worker=args.worker))
+        return trio.run(functools.partial(
+            _serve, binds or [DEFAULT_BIND], bool(binds), worker=args.worker, verbose=args.verbose
+        ))
     except BaseException as e:
         if is_keyboard_interrupt(e):  # Ctrl-C before the signal handler was installed
             return EXIT_INTERRUPTED

@@ -33,7 +33,7 @@ from ..error import CoapError, MessageFormatError, MessageIdsExhausted, WireActi
 from ._limits import LimitLog
 from .codes import Code, Type
 from .message import Message, Remote
-from .options import KNOWN_OPTIONS, OptionNumber
+from .options import KNOWN_OPTIONS, OptionNumber, describe_unrecognized
 from .tuning import TransportTuning
 
 __all__ = [
@@ -355,8 +355,8 @@ class MessageLayer:
             bad = msg.opt.unrecognized_critical(self.recognized_options)
             if bad:
                 if is_con:
-                    self._reply_error(msg, entry, Code.BAD_OPTION,
-                                      "unrecognized critical option " + ", ".join(map(str, bad)), now)
+                    reasons = "; ".join(describe_unrecognized(msg.opt, number) for number in bad)
+                    self._reply_error(msg, entry, Code.BAD_OPTION, reasons, now)
                 else:
                     # §5.4.1: a NON with one is rejected (§4.3: ignored, here with a Reset), not answered.
                     self._set_reply(entry, _empty(_RST_BITS, mid))

@@ -14,15 +14,17 @@ from typing import Any, Generic, TypeVar, overload
 
 import attrs
 
-from ..error import BadOption
+from ..error import BadOption, CoapError
 from ._enums import unnamed_member
 
 __all__ = [
     "BlockValue",
     "OptionFormat",
+    "OptionLengthError",
     "OptionNumber",
     "OptionSpec",
     "Options",
+    "check_length",
     "decode_uint",
     "encode_uint",
 ]
@@ -151,6 +153,42 @@ UNIMPLEMENTED_CRITICAL: frozenset[int] = frozenset(
 )
 
 
+class OptionLengthError(CoapError, ValueError):
+    """An option value whose length the registry does not allow (RFC 7252 §5.4.3, §5.10).
+
+    Raised before anything is sent, because a peer would reject such a request with 4.02 (critical
+    options) or silently ignore the option (elective ones), and neither says what was wrong.
+    """
+
+
+def _length_problem(number: int, length: int, spec: OptionSpec) -> str:
+    bound = f"at most {spec.max_length}" if length > spec.max_length else f"at least {spec.min_length}"
+    return f"option {spec.name} ({number}) has {length} bytes; it must have {bound}"
+
+
+def check_length(number: int, raw: bytes) -> None:
+    """Raise :class:`OptionLengthError` if ``raw`` is too long or short for a registered ``number``.
+
+    :meth:`Options.add` stores raw values unchecked (so tests can build hostile messages); the typed
+    attributes check, and so should any code that adds raw values taken from a user.
+    """
+    spec = SPECS.get(number)
+    if spec is not None and not spec.min_length <= len(raw) <= spec.max_length:
+        raise OptionLengthError(_length_problem(number, len(raw), spec))
+
+
+def describe_unrecognized(options: Options, number: int) -> str:
+    """Why ``number`` is an unrecognized critical option of ``options``: the diagnostic of a 4.02."""
+    spec = SPECS.get(number)
+    if spec is not None:
+        for n, raw in options:
+            if n == number and not spec.min_length <= len(raw) <= spec.max_length:
+                return _length_problem(number, len(raw), spec)
+        if len(options.get_all(number)) > 1 and not spec.repeatable:
+            return f"option {spec.name} ({number}) is repeated but not repeatable"
+    return f"unrecognized critical option {number}"
+
+
 def encode_uint(value: int) -> bytes:
     """The shortest big-endian encoding of ``value`` (RFC 7252 §3.2: 0 is the empty string)."""
     if value < 0:
@@ -227,10 +265,12 @@ T = TypeVar("T")
 class _Accessor(Generic[T]):
     """A typed view of one option inside :class:`Options` (a descriptor, so mypy sees the value types)."""
 
-    __slots__ = ("number",)
+    __slots__ = ("max_length", "min_length", "number")
 
-    def __init__(self, number: OptionNumber):
+    def __init__(self, number: OptionNumber, *, checked: bool = True):
         self.number = int(number)
+        spec = SPECS[self.number]
+        self.min_length, self.max_length = (spec.min_length, spec.max_length) if checked else (0, 1 << 16)
 
     def _load(self, raw: list[bytes]) -> T:
         raise NotImplementedError
@@ -248,7 +288,12 @@ class _Accessor(Generic[T]):
         return self._load(obj.get_all(self.number))
 
     def __set__(self, obj: Options, value: T) -> None:
-        obj.replace(self.number, self._store(value))
+        raws = self._store(value)
+        lo, hi = self.min_length, self.max_length
+        for raw in raws:
+            if not lo <= len(raw) <= hi:  # the one check a set costs: out-of-range values never go out
+                raise OptionLengthError(_length_problem(self.number, len(raw), SPECS[self.number]))
+        obj.replace(self.number, raws)
 
     def __delete__(self, obj: Options) -> None:
         obj.remove(self.number)
@@ -481,7 +526,8 @@ class Options:
     proxy_uri = _String(OptionNumber.PROXY_URI)
     proxy_scheme = _String(OptionNumber.PROXY_SCHEME)
     size1 = _Uint(OptionNumber.SIZE1)
-    echo = _Opaque(OptionNumber.ECHO)
+    # Unchecked: a client repeats the Echo value a server chose (RFC 9175 §2.2.2), whatever its length.
+    echo = _Opaque(OptionNumber.ECHO, checked=False)
     no_response = _Uint(OptionNumber.NO_RESPONSE)
     request_tag = _Opaque(OptionNumber.REQUEST_TAG)  # a single Request-Tag, as a client sends it
     request_tags = _Opaques(OptionNumber.REQUEST_TAG)
