@@ -21,6 +21,8 @@ __all__ = [
     "printable", "setup_logging", "unwrap", "wants_colour",
 ]
 
+EXIT_OK = 0
+EXIT_ERROR_RESPONSE = 1
 EXIT_USAGE = 2
 
 

@@ -15,30 +15,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import json
-import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ._common import (
+    EXIT_OK,
     OneLineParser,
-    colour,
     error_line,
     format_address,
     is_keyboard_interrupt,
-    option_lines,
-    printable,
     setup_logging,
     unwrap,
-    wants_colour,
+)
+from ._display import OutputError, _show, format_payload, show_response
+from ._request import (
+    CONTENT_FORMAT_NAMES,
+    UsageError,
+    _parse_seconds,
+    build_request,
+    parse_block_size,
+    parse_local,
+    parse_observe_count,
+    parse_option,
+    parse_size,
 )
 
 if TYPE_CHECKING:
-    from ..protocol.contentformat import ContentFormat
     from ..protocol.message import Message
     from ..protocol.tuning import TransportTuning
 
@@ -49,8 +54,6 @@ __all__ = [
 
 PROG = "coapio-client"
 
-EXIT_OK = 0
-EXIT_ERROR_RESPONSE = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_NETWORK = 4
@@ -58,14 +61,7 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 METHODS = ("get", "post", "put", "delete", "fetch", "patch", "ipatch")
-OBSERVABLE_METHODS = ("get", "fetch")
-BLOCK_SIZES = tuple(16 << szx for szx in range(7))  # 16 ... 1024: SZX 0 ... 6 (RFC 7959 §2.2)
 
-#: Short names for --content-format and --accept, besides numbers and media types.
-CONTENT_FORMAT_NAMES = {
-    "text": 0, "link": 40, "xml": 41, "octet": 42, "exi": 47, "json": 50, "json-patch": 51,
-    "merge-patch": 52, "cbor": 60, "cwt": 61, "cbor-seq": 63, "senml-json": 110, "senml-cbor": 112,
-}
 
 #: When CoAP gives up without --timeout (RFC 7252 §4.8.2 with the default parameters): MAX_TRANSMIT_WAIT
 #: for a CON request; a NON request is sent once and waited for MAX_TRANSMIT_SPAN. A test keeps these
@@ -120,8 +116,7 @@ exit status:
 """
 
 
-class UsageError(Exception):
-    """An argument that makes no valid request; reported as one line with exit status 2."""
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,485 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("uri", metavar="URI", help="the resource, e.g. coap://[::1]/time")
     return parser
-
-
-# --- building the request ------------------------------------------------------------------------
-
-
-def _content_format(text: str, what: str) -> ContentFormat:
-    from ..protocol.contentformat import ContentFormat
-
-    short = CONTENT_FORMAT_NAMES.get(text.strip().lower())
-    if short is not None:
-        return ContentFormat(short)
-    try:
-        return ContentFormat.parse(text)
-    except ValueError as e:
-        raise UsageError(f"{what}: {e}") from None
-
-
-def _read_payload(spec: str, stdin: BinaryIO | None) -> bytes:
-    if spec.startswith("@@"):
-        return spec[1:].encode("utf-8")
-    name = spec[1:]
-    if name == "-":
-        return (stdin or sys.stdin.buffer).read()
-    if not name:
-        raise UsageError("--payload @ needs a file name ('@-' reads stdin)")
-    try:
-        with open(name, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise UsageError(f"cannot read payload file {name!r}: {e.strerror or e}") from None
-
-
-def _cbor_diag() -> Any | None:
-    """The cbor-diag package (the ``cbor`` extra, with cbor2), or None where they are not installed."""
-    try:
-        importlib.import_module("cbor2")
-        return importlib.import_module("cbor_diag")
-    except ImportError:
-        return None
-
-
-def _cbor_kind(content_format: ContentFormat) -> str | None:
-    """``"item"`` for a format of one CBOR data item, ``"seq"`` for a CBOR sequence (RFC 8742), else None."""
-    if content_format.is_cbor:
-        return "item"
-    if content_format.encoding is None and content_format.media_type.split(";")[0].endswith("cbor-seq"):
-        return "seq"
-    return None
-
-
-def _to_cbor(text: str, content_format: ContentFormat) -> bytes:
-    """A text payload for a CBOR-based content format, read as JSON or diagnostic notation."""
-    cbor_diag = _cbor_diag()
-    if cbor_diag is None:
-        raise UsageError(
-            f"--content-format {content_format.media_type} turns the --payload text into CBOR, which "
-            "needs the cbor-diag package: pip install 'coapio[cbor]' (or send a CBOR file with @FILE)"
-        )
-    try:
-        with _quiet_stderr():
-            encoded: bytes = cbor_diag.diag2cbor(text, seq=_cbor_kind(content_format) == "seq")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # ValueError; also a panic of the native parser (a BaseException)
-        reason = (str(e).splitlines() or ["invalid"])[0].split(". Expected")[0]
-        raise UsageError(f"--payload is neither JSON nor CBOR diagnostic notation: {reason}") from None
-    return encoded
-
-
-def _option_number(text: str) -> int:
-    from ..protocol.options import OptionNumber
-
-    text = text.strip()
-    if text.isascii() and text.isdigit():
-        number = int(text)
-        if number > 0xFFFF:
-            raise UsageError(f"option number {number} is out of range 0..65535")
-        return number
-    key = text.upper().replace("-", "_")
-    member = OptionNumber.__members__.get(key)
-    if member is None:
-        raise UsageError(f"unknown option {text!r}: give a number or a registered name like Uri-Query")
-    return int(member)
-
-
-def _hex(text: str, name: str) -> bytes:
-    try:
-        return bytes.fromhex(text[2:])
-    except ValueError:
-        raise UsageError(f"option {name}: {text!r} is not valid hex (two digits per byte)") from None
-
-
-def parse_option(argument: str) -> tuple[int, bytes]:
-    """The option number and raw value of a ``-O NUM,VALUE`` argument; raise :class:`UsageError`."""
-    from ..protocol.options import (
-        SPECS,
-        OptionFormat,
-        OptionLengthError,
-        check_length,
-        decode_uint,
-        encode_uint,
-    )
-
-    number_text, _, text = argument.partition(",")
-    if not number_text.strip():
-        raise UsageError(f"-O {argument!r}: expected NUM,VALUE")
-    number = _option_number(number_text)
-    spec = SPECS.get(number)
-    name = spec.name if spec is not None else str(number)
-    fmt = spec.format if spec is not None else OptionFormat.OPAQUE
-    if not text:
-        raw = b""
-    elif fmt is OptionFormat.EMPTY:
-        raise UsageError(f"option {name} takes no value (write -O {number_text.strip()},)")
-    elif fmt is OptionFormat.STRING:
-        raw = text.encode("utf-8")
-    elif fmt is OptionFormat.UINT:
-        assert spec is not None
-        if text[:2].lower() == "0x":
-            value = decode_uint(_hex(text, name))
-        elif text.isascii() and text.isdigit():
-            value = int(text)
-        else:
-            raise UsageError(f"option {name} takes an unsigned integer, not {text!r}")
-        raw = encode_uint(value)
-        if len(raw) > spec.max_length:
-            raise UsageError(f"option {name}: {value} does not fit in {spec.max_length} bytes")
-    elif text[:2].lower() == "0x":
-        raw = _hex(text, name)
-    else:
-        raw = text.encode("utf-8")
-    try:
-        check_length(number, raw)
-    except OptionLengthError as e:
-        raise UsageError(f"-O {number_text.strip()}: {e}") from None
-    return number, raw
-
-
-def parse_block_size(text: str | None) -> int | None:
-    """The SZX (0..6) of a ``--block-size`` of 16..1024 bytes, a power of two; raise :class:`UsageError`."""
-    if text is None:
-        return None
-    try:
-        size = int(text)
-    except ValueError:
-        size = -1
-    if size not in BLOCK_SIZES:
-        raise UsageError(f"--block-size must be 16, 32, 64, 128, 256, 512 or 1024, not {text!r}")
-    return size.bit_length() - 5
-
-
-def parse_size(text: str | None, what: str = "--max-body-size") -> int | None:
-    """A positive byte count, with an optional suffix k, M or G (powers of 1024); or :class:`UsageError`."""
-    if text is None:
-        return None
-    digits, scale = text.strip(), 1
-    if digits[-1:].lower() in ("k", "m", "g"):
-        scale = 1024 ** ("kmg".index(digits[-1].lower()) + 1)
-        digits = digits[:-1]
-    if not (digits.isascii() and digits.isdigit() and int(digits) > 0):
-        raise UsageError(f"{what} must be a positive number of bytes (suffix k, M or G), not {text!r}")
-    return int(digits) * scale
-
-
-def parse_observe_count(text: str | None, observe: bool) -> int | None:
-    """The ``--observe-count`` as a positive number; raise :class:`UsageError`."""
-    if text is None:
-        return None
-    if not observe:
-        raise UsageError("--observe-count needs --observe")
-    if not (text.isascii() and text.isdigit() and int(text) > 0):
-        raise UsageError(f"--observe-count must be a positive whole number, not {text!r}")
-    return int(text)
-
-
-def _parse_seconds(text: str | None, what: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{what} {text!r} is not a number of seconds") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"{what} must be a positive number of seconds, not {text!r}")
-    return value
-
-
-def _parse_token(text: str | None) -> bytes | None:
-    if text is None:
-        return None
-    try:
-        token = bytes.fromhex(text[2:] if text[:2].lower() == "0x" else text)
-    except ValueError:
-        raise UsageError(f"--token {text!r} is not hex (two digits per byte)") from None
-    if not 1 <= len(token) <= 8:
-        raise UsageError(f"--token must be 1 to 8 bytes (RFC 7252 §5.3.1), not {len(token)}")
-    return token
-
-
-def parse_local(text: str) -> tuple[str, int]:
-    """``--bind``: ``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT``; the port defaults to 0 (ephemeral)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, closed, rest = text[1:].partition("]")
-        if not closed or (rest and not rest.startswith(":")):
-            raise UsageError(f"--bind {text!r}: write an IPv6 address as [ADDRESS] or [ADDRESS]:PORT")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
-    if port_text and not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 0xFFFF):
-        raise UsageError(f"--bind {text!r}: the port must be a number 0..65535")
-    return host or "::", int(port_text or 0)
-
-
-def build_request(args: argparse.Namespace, stdin: BinaryIO | None = None) -> Message:
-    """The request the arguments describe; raise :class:`UsageError` for anything invalid.
-
-    ``--payload @-`` reads ``stdin`` (default: the process's binary stdin). With ``--block-size`` the
-    request carries Block2 (block 0 of that size) unless ``-O`` gave one: early negotiation of the
-    response's block size (RFC 7959 §2.4), which the server may lower but not raise.
-    """
-    from .. import error
-    from ..protocol.codes import Code, Type
-    from ..protocol.message import Message
-    from ..protocol.options import BlockValue, OptionLengthError, OptionNumber
-
-    if args.observe and args.method not in OBSERVABLE_METHODS:
-        raise UsageError(f"--observe needs the method GET or FETCH, not {args.method.upper()}")
-    szx = parse_block_size(args.block_size)
-    content_format = (
-        None if args.content_format is None else _content_format(args.content_format, "--content-format")
-    )
-    accept = None if args.accept is None else _content_format(args.accept, "--accept")
-    options = [parse_option(o) for o in args.options]
-    token = _parse_token(getattr(args, "token", None))
-    payload = b""
-    if args.payload is not None:
-        if args.payload.startswith("@") and not args.payload.startswith("@@"):
-            payload = _read_payload(args.payload, stdin)
-        else:
-            text = args.payload[1:] if args.payload.startswith("@@") else args.payload
-            if content_format is not None and _cbor_kind(content_format):
-                payload = _to_cbor(text, content_format)
-            else:
-                payload = text.encode("utf-8")
-    try:
-        request = Message(Type.NON if args.non else Type.CON, Code[args.method.upper()], payload=payload,
-                          uri=args.uri)
-    except (error.UriError, OptionLengthError) as e:
-        raise UsageError(f"invalid URI {args.uri!r}: {e}") from None
-    if request.scheme != "coap":
-        raise UsageError(f"scheme {request.scheme!r} is not supported yet; use coap://")
-    if request.remote is not None and request.remote.port == 0:
-        raise UsageError(f"invalid URI {args.uri!r}: port 0 cannot be sent to")
-    if content_format is not None:
-        request.opt.content_format = int(content_format)
-    if accept is not None:
-        request.opt.accept = int(accept)
-    if not getattr(args, "set_hostname", True):
-        request.opt.uri_host = None
-    for number, raw in options:
-        request.opt.add(number, raw)  # checked by parse_option
-    if szx is not None and OptionNumber.BLOCK2 not in request.opt:
-        request.opt.block2 = BlockValue(0, False, szx)
-    if token is not None:
-        request.token = token
-    return request
-
-
-# --- showing the response ------------------------------------------------------------------------
-
-
-def _hexdump(data: bytes) -> str:
-    lines = []
-    for offset in range(0, len(data), 16):
-        chunk = data[offset : offset + 16]
-        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
-        lines.append(f"{offset:08x}  {chunk.hex(' '):<47}  |{text}|\n")
-    return "".join(lines)
-
-
-def _with_newline(text: str) -> str:
-    return text if text.endswith("\n") else text + "\n"
-
-
-def _cbor_problem(payload: bytes, sequence: bool) -> str | None:
-    """Why ``payload`` is not well-formed CBOR (one item, or a sequence), by cbor2; None if it is.
-
-    A server's bytes are checked before cbor-diag sees them: its parser recurses without a limit (deep
-    nesting overflows the stack and kills the process) and panics on some inputs, while cbor2 bounds the
-    nesting depth and reports every problem as an exception.
-    """
-    import io
-
-    cbor2: Any = importlib.import_module("cbor2")
-    stream = io.BytesIO(payload)
-    decoder = cbor2.CBORDecoder(stream)
-    try:
-        decoder.decode()
-        while sequence and stream.tell() < len(payload):
-            decoder.decode()
-    except Exception as e:
-        return str(e) or type(e).__name__
-    if stream.tell() < len(payload):
-        rest = len(payload) - stream.tell()
-        return f"{rest} more byte{'s' if rest > 1 else ''} after the first item"
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Any:
-    """Keep a native library's panic message off the terminal (file descriptor 2, not sys.stderr)."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _cbor_text(payload: bytes, sequence: bool) -> str:
-    """CBOR in diagnostic notation (RFC 8949 §8) by cbor-diag; a hex dump without it, or for bad CBOR."""
-    cbor_diag = _cbor_diag()
-    if cbor_diag is None:
-        return _hexdump(payload)
-    problem = _cbor_problem(payload, sequence)
-    if problem is not None:
-        what = "a CBOR sequence" if sequence else "one CBOR data item"
-        return _hexdump(payload) + f"(not {what}: {printable(problem)})\n"
-    try:
-        with _quiet_stderr():
-            return _with_newline(printable(cbor_diag.cbor2diag(payload, seq=sequence)))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # cbor-diag's panics (pyo3's PanicException) are BaseExceptions
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        return _hexdump(payload) + f"(cbor-diag cannot show this CBOR: {printable(reason)})\n"
-
-
-def format_payload(payload: bytes, content_format: int | None, *, tty: bool) -> bytes | str:
-    """What to write for a payload: the bytes unchanged, or (``tty``: made readable) text for a person."""
-    if not tty:
-        return payload
-    from ..protocol.contentformat import ContentFormat
-    from ..protocol.linkformat import parse_links
-
-    cf: ContentFormat | None = None
-    if content_format is not None and 0 <= content_format <= 0xFFFF:
-        cf = ContentFormat(content_format)
-    if cf is None:
-        try:
-            return _with_newline(printable(payload.decode("utf-8")))
-        except UnicodeDecodeError:
-            return _hexdump(payload)
-    if cf.is_json:
-        try:
-            return json.dumps(json.loads(payload), indent=2, ensure_ascii=False) + "\n"
-        except ValueError:
-            pass  # not JSON after all: show it as text
-    elif cf == ContentFormat.LINK_FORMAT:
-        try:
-            return "".join(f"{printable(str(link))}\n" for link in parse_links(payload))
-        except (ValueError, UnicodeDecodeError):
-            pass
-    elif kind := _cbor_kind(cf):
-        return _cbor_text(payload, kind == "seq")
-    if cf.is_text:
-        return _with_newline(printable(payload.decode("utf-8", "replace")))
-    return _hexdump(payload)
-
-
-def _describe(response: Message, stderr: TextIO, colours: bool) -> None:
-    print(colour(str(response.code), _code_colour(response), colours), file=stderr)
-    print(f"remote={format_address(response.remote)}", file=stderr)
-    print(f"type={response.type.name} mid={response.mid} token={response.token.hex() or '-'}", file=stderr)
-    for line in option_lines(response):
-        print(line, file=stderr)
-    print(f"payload={len(response.payload)} bytes", file=stderr)
-
-
-def _code_colour(response: Message) -> str:
-    return "green" if response.code.is_successful() else "red"
-
-
-def _write(stdout: TextIO, data: bytes | str) -> bool:
-    """Write ``data``; False if the reader has gone away (a closed pipe)."""
-    try:
-        stdout.flush()
-        if isinstance(data, str):
-            encoding = getattr(stdout, "encoding", None) or "utf-8"
-            data = data.encode(encoding, "replace")
-        stdout.buffer.write(data)
-        stdout.buffer.flush()
-    except BrokenPipeError:
-        # The reader went away (`| head`): say nothing, and keep the interpreter's final flush quiet.
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stdout.fileno())
-        return False
-    return True
-
-
-class OutputError(Exception):
-    """The ``-o`` file cannot be written."""
-
-
-def _write_file(path: str, data: bytes) -> None:
-    """Replace ``path``'s content with ``data`` (through a temporary file: a reader never sees half)."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise OutputError(f"cannot write -o {path!r}: {e.strerror or e}") from None
-
-
-def show_response(args: argparse.Namespace, response: Message, stdout: TextIO, stderr: TextIO) -> int:
-    """Print ``response`` as the arguments ask and return the exit status."""
-    return _show(args, response, stdout, stderr, first=True)[0]
-
-
-def _show(
-    args: argparse.Namespace, response: Message, stdout: TextIO, stderr: TextIO, *, first: bool
-) -> tuple[int, bool]:
-    """:func:`show_response`, and whether ``stdout`` is still open (False: the reader went away).
-
-    With ``--observe`` each response becomes one line on ``stdout`` (a newline is added unless the output
-    already ends with one); ``-v`` describes the ``first`` in full and later ones in one line each.
-    """
-    observe = getattr(args, "observe", False)
-    colours = wants_colour(stderr, getattr(args, "color", "auto"))
-    if not int(response.code):
-        # No-Response (RFC 7967) suppressed the response the request asked not to get: a success.
-        if args.verbose:
-            print("no response: suppressed by the No-Response option, as asked", file=stderr, flush=True)
-        return EXIT_OK, True
-    success = response.code.is_successful()
-    if args.verbose:
-        if first or not observe:
-            _describe(response, stderr, colours)
-        else:
-            print(colour(_notification_line(response), _code_colour(response), colours), file=stderr)
-    if not success:
-        if not args.verbose:
-            print(colour(str(response.code), "red", colours), file=stderr)
-        if response.payload:
-            diagnostic = response.payload.decode("utf-8", "replace").rstrip("\n")
-            print(printable(diagnostic) if stderr.isatty() else diagnostic, file=stderr)
-        stderr.flush()
-        return EXIT_ERROR_RESPONSE, True
-    stderr.flush()
-    output = getattr(args, "output", None)
-    if output is not None:
-        _write_file(output, response.payload)
-        return EXIT_OK, True
-    if args.quiet or not (response.payload or observe):
-        return EXIT_OK, True
-    readable = args.readable if getattr(args, "readable", None) is not None else stdout.isatty()
-    data = format_payload(response.payload, response.opt.content_format, tty=readable)
-    if observe:
-        if isinstance(data, str):
-            data = _with_newline(data)
-        elif not data.endswith(b"\n"):
-            data += b"\n"
-    return EXIT_OK, _write(stdout, data)
-
-
-def _notification_line(response: Message) -> str:
-    """``-v`` for a notification: its code and Observe value, or that it ended the observation."""
-    sequence = response.opt.observe
-    state = "final: no Observe" if sequence is None else f"Observe={sequence}"
-    return f"{response.code} {state} payload={len(response.payload)} bytes"
 
 
 # --- running -------------------------------------------------------------------------------------
