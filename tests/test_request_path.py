@@ -537,8 +537,6 @@ async def test_poke_on_a_silent_request_whose_ping_is_reset_raises_nothing(
             await until(lambda: idle(client))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a ping answered with an empty ACK (RFC 7252 §4.2 allows it) "
-                   "stays in the token manager's ping table until the Context exits")
 async def test_a_ping_answered_with_an_empty_ack_is_forgotten() -> None:
     """There is no public counter for pings in flight, so this looks at the token manager's table."""
     with RawPeer() as peer:
@@ -601,8 +599,6 @@ async def test_leaving_the_context_deregisters_live_observations_and_fails_pendi
     assert [r.opt.observe for r in registrations.requests] == [0, 1]  # the deregistration arrived
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on Context exit the deregistration queues behind NSTART "
-                   "(an unacknowledged CON to the same peer) and is never sent")
 async def test_leaving_the_context_deregisters_even_while_a_con_to_the_peer_awaits_its_ack() -> None:
     """The pending GET is not acknowledged yet (the server's empty ACK would come after 60 s), so it holds
     the peer's one NSTART slot when the Context exits."""

@@ -294,8 +294,6 @@ async def test_the_server_contexts_exit_cancels_render_to_pipe_and_runs_its_fina
             await until(lambda: client_idle(client))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the server Context's exit leaves its observers counted "
-                   "(counters.observers stays 1 after the block)")
 async def test_the_server_contexts_exit_leaves_no_observer_counted() -> None:
     feed = Feed()
     async with Context(bind=[LOCAL]) as client:

@@ -136,7 +136,7 @@ class Context:
         self._binds = [parse_bind(b) for b in bind]
         self.site = site
         self.tuning = tuning or TransportTuning()
-        self._tokens = TokenManager(token_length)
+        self._tokens = TokenManager(token_length, self.tuning)
         self._server = ServerDispatch(site, self.tuning, self._tokens)
         self._path = RequestPath(self._tokens, self.tuning)
         self._reuse_port = reuse_port

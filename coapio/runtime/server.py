@@ -147,6 +147,7 @@ class ServerDispatch:
         for observer in self.observers.all():
             if isinstance(observer.resource, ObservableResource):
                 observer.resource._servers.discard(self)
+            self.observers.remove(observer)
         for pipe in list(self._observer_pipes.values()):
             pipe.close()
         self._observer_pipes.clear()

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import anyio
 import anyio.abc
+import attrs
 
 from ..error import CoapError, NetworkError, RequestTimedOut, ResponseRejected
 from ..protocol.codes import Code, Type
@@ -63,10 +64,11 @@ def suppresses_success(request: Message) -> bool:
 class TokenManager:
     """See the module docstring. Created and started by the Context; its tables are private."""
 
-    def __init__(self, token_length: int = 8):
+    def __init__(self, token_length: int = 8, tuning: TransportTuning | None = None):
         if not 1 <= token_length <= 8:
             raise ValueError("token_length must be 1..8 (RFC 7252 §5.3.1)")
         self.token_length = token_length
+        self._tuning = tuning or TransportTuning()
         self._outgoing: dict[tuple[bytes, Peer], _Outgoing] = {}
         self._incoming: dict[tuple[bytes, Peer], ServerPipe] = {}
         self._pings: dict[int, tuple[Message, _Outgoing]] = {}  # id(ping) -> (ping, whose poke)
@@ -147,11 +149,17 @@ class TokenManager:
         self._outgoing.clear()
         self._pings.clear()
         for entry in entries:
+            if not entry.transport.closed:
+                entry.transport.cancel(entry.message)  # no retransmission after the exit; frees NSTART
+        for entry in entries:
             state = entry.observation
             if (state is not None and state.registered and not state.ended and not entry.passive
                     and not entry.transport.closed):
+                # The last thing this endpoint says to the peer goes at once, beyond NSTART: queued
+                # behind other observations' deregistrations it would never leave.
+                tuning = attrs.evolve(entry.tuning or self._tuning, nstart=65535)
                 try:
-                    self._transmit(entry.transport, state.deregistration_request(), entry.tuning)
+                    self._transmit(entry.transport, state.deregistration_request(), tuning)
                 except (CoapError, OSError, ValueError) as e:
                     log.debug("no deregistration on exit: %s", e)
         closed = NetworkError("the CoAP context was closed")
@@ -224,6 +232,10 @@ class TokenManager:
         if entry is None or entry.pipe is not pipe:
             return
         del self._outgoing[key]
+        if self._pings:
+            for ident, (_, owner) in list(self._pings.items()):
+                if owner is entry:
+                    del self._pings[ident]
         transport = entry.transport
         if transport.closed:
             return
@@ -298,6 +310,8 @@ class TokenManager:
         return True
 
     def delivered(self, message: Message, now: float) -> None:
+        if self._pings and self._pings.pop(id(message), None) is not None:
+            return  # a ping acknowledged (RFC 7252 §4.2 allows an empty ACK instead of a Reset): alive
         entry = self._outgoing.get((message.token, message.remote))
         if entry is not None and entry.message is message and suppresses_success(message):
             # RFC 7967: the acknowledgement is all a CON whose success is suppressed will get.
