@@ -41,7 +41,11 @@ class RequestPath:
 
     async def request(self, transport: Transport, message: Message, tuning: TransportTuning | None,
                       progress: Progress | None = None) -> Message:
-        """Block-wise: send ``message`` (ours to change) and return its whole final response."""
+        """Block-wise: send ``message`` (ours to change) and return its whole final response.
+
+        Cancellation ends the transfer where it is: the block in flight is released (no retransmission,
+        its token freed) and no further block is sent.
+        """
         settings = tuning or self.tuning
         if len(message.payload) > 1 << (settings.block_szx + 4):
             sender = Block1Sender(message, szx=settings.block_szx, request_tag=os.urandom(4))
@@ -73,7 +77,10 @@ class RequestPath:
 
     async def fetch_blocks(self, transport: Transport, request: Message, first: Message,
                            tuning: TransportTuning | None, progress: Progress | None = None) -> Message:
-        """Fetch the remaining blocks of a Block2 response and return the whole representation."""
+        """Fetch the remaining blocks of a Block2 response and return the whole representation.
+
+        Cancellation: as for :meth:`request`.
+        """
         settings = tuning or self.tuning
         assembler = Block2Assembler(request, max_body=settings.max_body_size)
         total = first.opt.size2
@@ -140,6 +147,7 @@ class ResponseStream:
                                           buffer=self._buffer, passive=self._passive)
 
     async def __aenter__(self) -> ResponseStream:
+        """The stream is open once made (``Context.stream`` sent the request); nothing to wait for."""
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
