@@ -54,7 +54,7 @@ def worker_count(name: str) -> int | None:
 
 
 def run_coapio(port: int, seconds: float | None = None, *, backend: str = "trio", reuse_port: bool = False,
-               announce: bool = False) -> None:
+               announce: bool = False, tcp: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (or for ``seconds``), on trio or on asyncio (coapio is written against
     anyio, so the same code runs on both). ``announce`` prints ``ready`` once the socket is bound, which
     is how the benchmark knows every SO_REUSEPORT worker has joined the port's group."""
@@ -72,7 +72,8 @@ def run_coapio(port: int, seconds: float | None = None, *, backend: str = "trio"
 
     async def main() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with coapio.Context(bind=[(HOST, port)], site=site, reuse_port=reuse_port):
+            bind: list[Any] = [f"coap+tcp://{HOST}:{port}"] if tcp else [(HOST, port)]
+            async with coapio.Context(bind=bind, site=site, reuse_port=reuse_port):
                 if announce:
                     print("ready", flush=True)
                 with anyio.move_on_after(math.inf if seconds is None else seconds):
@@ -130,6 +131,7 @@ def _serve_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backend", choices=("trio", "asyncio"), default="trio", help="coapio only")
     parser.add_argument("--reuse-port", action="store_true", help="coapio only: SO_REUSEPORT")
     parser.add_argument("--announce", action="store_true", help="coapio only: print 'ready' when bound")
+    parser.add_argument("--tcp", action="store_true", help="coapio only: serve CoAP over TCP (RFC 8323)")
     args = parser.parse_args(argv)
 
     def run(port: int, seconds: float | None) -> None:
@@ -137,7 +139,7 @@ def _serve_main(argv: Sequence[str] | None = None) -> None:
             run_aiocoap(port, seconds)
         else:
             run_coapio(port, seconds, backend=args.backend, reuse_port=args.reuse_port,
-                       announce=args.announce)
+                       announce=args.announce, tcp=args.tcp)
     if args.cprofile:
         import cProfile
 

@@ -81,6 +81,23 @@ class TransportTuning:
     #: freshness (§2.3).
     echo_amplification_check: bool = False
     echo_freshness: float = attrs.field(default=10.0, validator=_positive)
+    #: Reliable transports (RFC 8323: TCP, TLS, WebSockets). Connections a server accepts at once, in
+    #: total and from one IP address (beyond them a new connection is closed at once), and a client keeps
+    #: open; requests one connection carries at once before later ones wait for a slot.
+    max_connections: int = attrs.field(default=1_024, validator=_at_least_one)
+    max_connections_per_peer: int = attrs.field(default=16, validator=_at_least_one)
+    max_pending_per_connection: int = attrs.field(default=1_000, validator=_at_least_one)
+    #: The Max-Message-Size announced in our CSM (RFC 8323 §5.3.1): a larger incoming message aborts the
+    #: connection (7.05) without being buffered. 1152 is the RFC's default; more lets BERT carry
+    #: several 1 KiB blocks per message.
+    max_message_size: int = attrs.field(default=8 * 1024 + 128, validator=_at_least_one)
+    #: Seconds a new connection has to finish its TCP/TLS/WebSocket handshake and send its CSM; a peer
+    #: that connects and sends nothing is dropped after it.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds a connection with nothing in flight stays open (a client's pooled connection, a server's
+    #: silent client), and how long a Ping (``poke()``) waits for its Pong.
+    idle_timeout: float = attrs.field(default=120.0, validator=_positive)
+    ping_timeout: float = attrs.field(default=10.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.ack_random_factor < 1:

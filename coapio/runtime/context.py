@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Iterable, Sequence
+import ssl
+from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import TypedDict, Unpack
 
@@ -30,7 +31,7 @@ from ..protocol.observe import OBSERVE_REGISTER
 from ..protocol.options import OptionValue
 from ..protocol.peer import Peer
 from ..protocol.tuning import TransportTuning
-from ..protocol.uri import SCHEMES
+from ..protocol.uri import DEFAULT_PORTS, SCHEMES
 from ..transports.base import Transport
 from ..transports.udp import UDPTransport, open_udp_socket, parse_bind
 from .client import Observation, RequestPath, ResponseStream
@@ -47,11 +48,9 @@ Bind = str | tuple[str, int]
 #: What a scheme needs that coapio does not have yet (a clearer error than "no transport").
 _NOT_YET = {
     "coaps": "CoAP over DTLS",
-    "coap+tcp": "CoAP over TCP",
-    "coaps+tcp": "CoAP over TLS",
-    "coap+ws": "CoAP over WebSockets",
-    "coaps+ws": "CoAP over secure WebSockets",
 }
+#: The RFC 8323 schemes: a client transport for each is started on first use.
+_RELIABLE = ("coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws")
 
 
 class _BodyArgs(TypedDict, total=False):
@@ -113,10 +112,17 @@ class _Events:
 class Context:
     """A CoAP endpoint: client, server, or both; see the module docstring.
 
-    ``bind`` lists the UDP addresses to serve on (``"host:port"``, ``"[v6]:port"`` or ``(host, port)``);
-    without it a client-only context binds one ephemeral dual-stack socket, and a context with a ``site``
-    binds ``[::]:5683``. ``transports`` adds transports of your own (see docs/architecture.rst, "Writing
-    a transport"). ``tuning`` sets the transmission parameters and memory bounds of every transport.
+    ``bind`` lists the addresses to serve on: ``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` for
+    UDP, or a URI naming the transport: ``"coap://host:port"`` (UDP), ``"coap+tcp://host:port"``,
+    ``"coaps+tcp://…"`` (TLS: needs ``server_ssl``), ``"coap+ws://…"``, ``"coaps+ws://…"`` (WebSockets;
+    the ``ws`` extra). Without it a client-only context binds one ephemeral dual-stack UDP socket, and a
+    context with a ``site`` binds UDP ``[::]:5683``. Client connections for the TCP, TLS and WebSocket
+    schemes are opened on first use; ``client_ssl`` verifies TLS servers (default: the system's trust
+    store; see :mod:`coapio.transports.tls`). ``schemes`` limits the URI schemes requests may use (e.g.
+    ``{"coaps+tcp"}`` for a client that must never send plaintext); a request for another one is
+    :class:`~coapio.error.NoTransport`. ``transports`` adds transports of your own (see
+    docs/architecture.rst, "Writing a transport"). ``tuning`` sets the transmission parameters and memory
+    bounds of every transport.
     """
 
     def __init__(
@@ -128,12 +134,30 @@ class Context:
         token_length: int = 8,
         reuse_port: bool = False,
         transports: Sequence[Transport] = (),
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        schemes: Collection[str] | None = None,
     ):
         if isinstance(bind, str | tuple):
             bind = [bind]
         if bind is None:
             bind = [("::", 5683)] if site is not None else []
-        self._binds = [parse_bind(b) for b in bind]
+        self._binds: list[tuple[str, int]] = []
+        self._listen: list[tuple[str, str, int]] = []  # (scheme, host, port) of the reliable transports
+        for item in bind:
+            scheme, host, port = _parse_endpoint(item)
+            if scheme == "coap":
+                self._binds.append((host, port))
+            elif scheme in _RELIABLE:
+                if scheme.startswith("coaps") and server_ssl is None:
+                    raise ValueError(f"{scheme}:// needs a certificate: pass server_ssl "
+                                     "(coapio.transports.tls.server_context)")
+                self._listen.append((scheme, host, port))
+            else:
+                raise ValueError(f"cannot serve {scheme}:// ({_NOT_YET.get(scheme, 'unknown scheme')})")
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._schemes = None if schemes is None else frozenset(s.lower() for s in schemes)
         self.site = site
         self.tuning = tuning or TransportTuning()
         self._tokens = TokenManager(token_length, self.tuning)
@@ -143,6 +167,8 @@ class Context:
         self._extra = list(transports)
         self._transports: list[Transport] = []
         self._by_scheme: dict[str, list[Transport]] = {}
+        self._starting: dict[str, anyio.Event] = {}
+        self._events: _Events | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -164,6 +190,8 @@ class Context:
                 sock.close()
             raise
         transports: list[Transport] = [UDPTransport(sock, self.tuning) for sock in sockets]
+        for scheme, host, port in self._listen:
+            transports.append(self._reliable(scheme, (host, port)))
         transports.extend(self._extra)
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
@@ -172,12 +200,9 @@ class Context:
             self._server.task_group = task_group
             self._server.wake = self._wake_transports
             await task_group.start(self._tokens.run, name="coapio token manager")
-            events = _Events(self._tokens, self._server)
+            self._events = _Events(self._tokens, self._server)
             for transport in transports:
-                await task_group.start(transport.run, events, name="coapio transport")
-                self._transports.append(transport)
-                for scheme in transport.schemes:
-                    self._by_scheme.setdefault(scheme, []).append(transport)
+                await self._start(transport)
         except BaseException as e:
             for sock in sockets:
                 sock.close()
@@ -185,6 +210,41 @@ class Context:
             await task_group.__aexit__(type(e), e, e.__traceback__)
             raise
         return self
+
+    async def _start(self, transport: Transport) -> None:
+        assert self._task_group is not None and self._events is not None
+        await self._task_group.start(transport.run, self._events, name="coapio transport")
+        self._transports.append(transport)
+        for scheme in transport.schemes:
+            self._by_scheme.setdefault(scheme, []).append(transport)
+
+    def _reliable(self, scheme: str, listen: tuple[str, int] | None) -> Transport:
+        from ..transports.tcp import ReliableTransport  # imported when a reliable scheme is first used
+
+        if scheme.endswith("+ws"):
+            from ..transports import ws
+
+            if not ws.available():
+                raise error.NoTransport(f"{scheme}:// needs wsproto: pip install 'coapio[ws]'")
+            return ws.WebSocketTransport(scheme, self.tuning, listen=listen, server_ssl=self._server_ssl,
+                                         client_ssl=self._client_ssl)
+        return ReliableTransport(scheme, self.tuning, listen=listen, server_ssl=self._server_ssl,
+                                 client_ssl=self._client_ssl)
+
+    async def _client_transport(self, scheme: str) -> list[Transport]:
+        """Start the client transport of an RFC 8323 scheme on its first use (once, whoever asks)."""
+        while scheme not in self._by_scheme:
+            starting = self._starting.get(scheme)
+            if starting is not None:
+                await starting.wait()
+                continue
+            done = self._starting[scheme] = anyio.Event()
+            try:
+                await self._start(self._reliable(scheme, None))
+            finally:
+                del self._starting[scheme]
+                done.set()
+        return self._by_scheme[scheme]
 
     def _open_socket(self, host: str, port: int, *, fallback: bool) -> socket.socket:
         try:
@@ -232,6 +292,18 @@ class Context:
     def transports(self) -> tuple[Transport, ...]:
         """The running transports, in the order they were started (UDP sockets first)."""
         return tuple(self._transports)
+
+    @property
+    def local_uris(self) -> list[str]:
+        """``scheme://host:port`` of every listening transport (how a server bound to port 0 is found)."""
+        uris = []
+        for transport in self._transports:
+            address = transport.local_address
+            if address is not None:
+                host, port = address
+                scheme = next(iter(sorted(transport.schemes)))
+                uris.append(f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}")
+        return uris
 
     @property
     def local_addresses(self) -> list[tuple[str, int]]:
@@ -431,7 +503,12 @@ class Context:
             scheme, address = request.scheme, remote
         else:
             raise ValueError(f"no destination: message.remote is {remote!r} (set it, or pass uri=)")
+        if self._schemes is not None and scheme not in self._schemes:
+            raise error.NoTransport(f"this Context sends requests over {', '.join(sorted(self._schemes))} "
+                                    f"only; the {scheme}:// request was not sent")
         candidates = self._by_scheme.get(scheme)
+        if not candidates and scheme in _RELIABLE:
+            candidates = await self._client_transport(scheme)
         if not candidates:
             if scheme in _NOT_YET:
                 raise error.NoTransport(
@@ -464,6 +541,8 @@ class _StreamOpener:
         self._stream = ResponseStream(context._tokens, context._path, request, buffer=buffer, tuning=tuning)
 
     async def __aenter__(self) -> ResponseStream:
+        """Route and send the request. Cancellation: nothing is sent if the caller is already
+        cancelled; a cancelled route (name resolution, a connection being opened) sends nothing."""
         await anyio.lowlevel.checkpoint_if_cancelled()
         try:
             await self._context._open_stream(self._stream)
@@ -475,6 +554,24 @@ class _StreamOpener:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._stream.close()
+
+
+def _parse_endpoint(item: Bind) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of a ``bind`` entry: a URI, or a UDP ``host:port`` / ``(host, port)``."""
+    if isinstance(item, str) and "://" in item:
+        scheme, rest = item.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in SCHEMES:
+            raise ValueError(f"{scheme!r} is not a CoAP scheme in {item!r}")
+        rest = rest.rstrip("/")
+        if "/" in rest:
+            raise ValueError(f"a bind URI names an address only, not a path: {item!r}")
+        host, port = parse_bind(rest if rest else "::")
+        if not (rest.rsplit("]", 1)[-1].count(":") == 1 or (":" in rest and not rest.startswith("["))):
+            port = DEFAULT_PORTS[scheme]  # no port in the URI: the scheme's default
+        return scheme, host, port
+    host, port = parse_bind(item)
+    return "coap", host, port
 
 
 def _check_request(message: Message) -> None:

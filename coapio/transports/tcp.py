@@ -1,0 +1,539 @@
+"""The reliable transports of RFC 8323: ``coap+tcp``, ``coaps+tcp`` (TLS), and the base of ``coap+ws``.
+
+One :class:`ReliableTransport` serves one scheme: a listener task when it is bound (one task per accepted
+connection), and a client connection pool keyed by (host, port), whose connections are opened on a
+request's first use and closed after ``idle_timeout`` with nothing in flight. Each connection runs a
+reader task, which feeds the sans-IO :class:`~coapio.protocol.reliable.Connection` and reports what it
+yields to the runtime synchronously, and a writer task, which writes what the Connection queued and runs
+its timers (the CSM deadline, Ping time-outs, idle closing). How bytes move — a TCP or TLS byte stream,
+or WebSocket messages — is a :class:`Link`, so the WebSocket transport reuses all of this.
+
+A closed connection ends every exchange on it: its pending requests fail with a clear
+:class:`~coapio.error.NetworkError`, and the server Pipes of its requests lose interest (their producers
+are cancelled), because the runtime hears ``peer_failed`` for the connection's Peer.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import logging
+import math
+import os
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSStream
+
+from ..error import CoapError, NetworkError, RequestTimedOut
+from ..protocol._limits import LimitLog
+from ..protocol.codes import Code, Type
+from ..protocol.message import Message
+from ..protocol.peer import Peer
+from ..protocol.reliable import (
+    AbortReceived,
+    Connection,
+    MessageReceived,
+    PongReceived,
+    ProtocolViolation,
+    ReleaseReceived,
+)
+from ..protocol.tuning import TransportTuning
+from .base import Transport, TransportEvents
+
+__all__ = ["Link", "ReliableTransport", "StreamLink"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 65536
+
+
+class Link(abc.ABC):
+    """How one connection's bytes move: a byte stream (TCP, TLS) or WebSocket messages."""
+
+    #: RFC 8323 §4: over WebSockets a message is one WebSocket message, framed without a length.
+    websocket = False
+
+    @abc.abstractmethod
+    async def receive(self) -> list[bytes]:
+        """The next bytes (a byte stream) or whole messages (WebSockets); [] once the peer closed."""
+
+    @abc.abstractmethod
+    async def send(self, chunks: list[bytes]) -> None:
+        """Write ``chunks`` in order (each one message over WebSockets)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection (gracefully where the protocol has a way)."""
+
+
+class StreamLink(Link):
+    """A TCP or TLS byte stream."""
+
+    def __init__(self, stream: anyio.abc.ByteStream):
+        self.stream = stream
+
+    async def receive(self) -> list[bytes]:
+        try:
+            return [await self.stream.receive(_READ_SIZE)]
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError,
+                ssl.SSLError):
+            return []
+
+    async def send(self, chunks: list[bytes]) -> None:
+        await self.stream.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    async def aclose(self) -> None:
+        with anyio.move_on_after(1, shield=True):  # a TLS close_notify must not hold the exit up
+            await self.stream.aclose()
+
+
+def _address(stream: anyio.abc.ByteStream, attribute: Any) -> tuple[Any, ...]:
+    try:
+        address = stream.extra(attribute)
+    except anyio.TypedAttributeLookupError:
+        return ("", 0)
+    return tuple(address) if isinstance(address, tuple) else (str(address), 0)
+
+
+class _Conn:
+    """One connection: its sans-IO state, its link, its Peer, and what is in flight on it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, transport: ReliableTransport, link: Link, proto: Connection,
+                 address: tuple[Any, ...], local: tuple[Any, ...], client: bool):
+        self.transport = transport
+        self.link = link
+        self.proto = proto
+        self.client = client
+        self.id = next(self._ids)
+        self.peer = Peer(transport.scheme, address[:2], self)
+        self.local = local[:2]
+        self.closed = False
+        self.released = False  # the peer sent a Release: finish what is in flight, start nothing new
+        self.outstanding: set[bytes] = set()  # tokens of our requests in flight (client side)
+        self.pings: dict[bytes, tuple[float, Message]] = {}  # token -> (deadline, the ping's Message)
+        self.answered: set[int] = set()  # id() of the requests answered in the current batch
+        self.last_active = anyio.current_time()
+        self._wakeup = anyio.Event()
+        self._sending = False  # a task is in link.send: nobody else may write now
+        self._finishing = False  # the reader is done: the writer sends what is queued, then stops
+        self._drained = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        side = "to" if self.client else "from"
+        return f"<connection {self.id} {side} {self.peer}>"
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """End the connection's tasks (the reader reports the loss to the runtime on its way out)."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self, events: TransportEvents) -> None:
+        """The reader (this task) and the writer; returns when the connection is over.
+
+        Cancellation (the Context's exit) closes the connection; its exchanges fail either way.
+        """
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer, events)
+                    await self._reader(events)
+                    # Let the writer send what is queued (a 7.05 Abort, a Release), then stop it.
+                    self._finishing = True
+                    self.wake()
+                    with anyio.move_on_after(1):
+                        await self._drained.wait()
+                    tg.cancel_scope.cancel()
+        finally:
+            self.closed = True
+            self.transport._forget(self)
+            with anyio.CancelScope(shield=True):
+                await self.link.aclose()
+            side = "to" if self.client else "from"
+            events.peer_failed(self.peer, NetworkError(f"the connection {side} {self.peer} closed"))
+
+    async def _reader(self, events: TransportEvents) -> None:
+        proto = self.proto
+        while not proto.closed:
+            chunks = await self.link.receive()
+            if not chunks:
+                return
+            now = anyio.current_time()
+            self.last_active = now
+            for data in chunks:
+                for event in proto.receive(data, now):
+                    self._dispatch(event, events, now)
+                if proto.closed:
+                    break
+            self.answered.clear()
+            if not self._sending:
+                # What the batch queued (responses, a Pong) goes out from here: handing it to the writer
+                # would cost a task switch per batch.
+                await self._write()
+            else:
+                self.wake()
+
+    async def _write(self) -> bool | None:
+        """Write what the Connection queued: None if nothing was, False if the link broke (the
+        connection is closed then), True once written."""
+        out = self.proto.data_to_send()
+        if not out:
+            return None
+        self._sending = True
+        self.last_active = anyio.current_time()
+        try:
+            await self.link.send(out)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError):
+            self.close()
+            return False
+        finally:
+            self._sending = False
+        self.wake()  # more may have been queued meanwhile; the writer looks
+        return True
+
+    def _dispatch(self, event: object, events: TransportEvents, now: float) -> None:
+        if isinstance(event, MessageReceived):
+            message = event.message
+            message.remote = self.peer
+            message.scheme = self.transport.scheme
+            message.local = self.local
+            if message.code.is_request():
+                events.request_received(self.transport, message, now)
+            elif message.code.is_response():
+                if message.opt.observe is None:
+                    self.outstanding.discard(message.token)
+                events.response_received(message, now)
+                if self.released and not self.outstanding:
+                    self.close()  # the peer released the connection and nothing is left in flight
+        elif isinstance(event, PongReceived):
+            ping = self.pings.pop(event.token, None)
+            if ping is not None:
+                events.delivered(ping[1], now)  # a sign of life
+        elif isinstance(event, ReleaseReceived):
+            # RFC 8323 §5.5: no new requests on this connection; those in flight may still be answered.
+            self.released = True
+            self.transport._forget(self, pool_only=True)
+            log.info("%r released by the peer: %s", self, event)
+            if not self.outstanding:
+                self.close()
+        elif isinstance(event, AbortReceived | ProtocolViolation):
+            log.info("%r: %s", self, event)
+
+    async def _writer(self, events: TransportEvents) -> None:
+        proto = self.proto
+        tuning = self.transport.tuning
+        while True:
+            if not self._sending:
+                wrote = await self._write()
+                if wrote is False:
+                    return
+                if wrote:
+                    continue
+            if self._finishing or proto.closed:
+                self._drained.set()
+                if proto.closed:
+                    self.close()  # we released or aborted: nothing more to read either
+                return
+            deadline = self._next_deadline(tuning)
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+                await self._wakeup.wait()
+            if self._wakeup.is_set():
+                self._wakeup = anyio.Event()
+            now = anyio.current_time()
+            for event in proto.on_timer(now):
+                self._dispatch(event, events, now)
+            for token, (due, ping) in list(self.pings.items()):
+                if due <= now:
+                    del self.pings[token]
+                    events.failed(ping, RequestTimedOut(f"{self.peer} did not answer a ping"), now)
+            if (self.client and not self.outstanding and not self.pings
+                    and now - self.last_active >= tuning.idle_timeout):
+                proto.release("idle")  # a pooled connection nobody uses: close it politely
+
+    def _next_deadline(self, tuning: TransportTuning) -> float | None:
+        deadlines = [d for d in (self.proto.next_deadline(),) if d is not None]
+        deadlines.extend(due for due, _ in self.pings.values())
+        if self.client and not self.outstanding:
+            deadlines.append(self.last_active + tuning.idle_timeout)
+        return min(deadlines) if deadlines else None
+
+
+class ReliableTransport(Transport):
+    """``coap+tcp`` or ``coaps+tcp`` (with ``server_ssl``/``client_ssl``); see the module docstring.
+
+    ``listen`` is the (host, port) to accept connections on (None: client only). ``server_ssl`` is
+    required to listen on ``coaps+tcp``; ``client_ssl`` defaults to verifying servers against the
+    system's trust store (:func:`coapio.transports.tls.client_context`).
+    """
+
+    default_port = 5683
+
+    def __init__(self, scheme: str, tuning: TransportTuning, *, listen: tuple[str, int] | None = None,
+                 server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None):
+        if scheme not in ("coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws"):
+            raise ValueError(f"{scheme} is not an RFC 8323 scheme")
+        self.scheme = scheme
+        self.schemes = frozenset({scheme})
+        self.secure = scheme.startswith("coaps")
+        if self.secure and listen is not None and server_ssl is None:
+            raise ValueError(f"listening on {scheme} needs a certificate (server_ssl)")
+        self.tuning = tuning
+        self._listen = listen
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._events: TransportEvents | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self._local: tuple[str, int] | None = None
+        self._pool: dict[tuple[str, int], _Conn] = {}
+        self._connecting: dict[tuple[str, int], anyio.Event] = {}
+        self._conns: set[_Conn] = set()
+        self._per_ip: dict[str, int] = {}
+        self.limits = LimitLog(log, tuning.limit_log_interval)
+
+    def __repr__(self) -> str:
+        where = f" on {self._local}" if self._local else ""
+        return f"<ReliableTransport {self.scheme}{where}>"
+
+    # --- the socket tasks ----------------------------------------------------------------------------
+
+    async def run(self, events: TransportEvents, *,
+                  task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen (when bound) and serve connections until cancelled; every connection is closed on
+        the way out and its exchanges fail."""
+        self._events = events
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                if self._listen is not None:
+                    host, port = self._listen
+                    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+                    sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
+                    self._local = (str(sockname[0]), int(sockname[1]))
+                    tg.start_soon(self._accept, listener)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._closed = True
+
+    async def _accept(self, listener: anyio.abc.Listener[Any]) -> None:
+        async with listener:
+            await listener.serve(self._serve_connection, task_group=self._tg)
+
+    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        ip = str(_address(stream, anyio.abc.SocketAttribute.remote_address)[0])
+        tuning = self.tuning
+        if (len(self._conns) >= tuning.max_connections
+                or self._per_ip.get(ip, 0) >= tuning.max_connections_per_peer):
+            self.limits.hit("max_connections", anyio.current_time(), "connection from %s refused", ip)
+            await stream.aclose()
+            return
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        try:
+            with anyio.fail_after(tuning.handshake_timeout):
+                link = await self._server_link(stream)
+        except (TimeoutError, OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream,
+                CoapError) as e:
+            log.debug("handshake from %s failed: %s", ip, e)
+            self._release_ip(ip)
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        conn = self._new_conn(link, stream, client=False)
+        try:
+            assert self._events is not None
+            await conn.run(self._events)
+        finally:
+            self._release_ip(ip)
+
+    def _release_ip(self, ip: str) -> None:
+        left = self._per_ip.get(ip, 1) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+    async def _server_link(self, stream: anyio.abc.SocketStream) -> Link:
+        """The link of an accepted connection, after its TLS (and, for WebSockets, HTTP) handshake."""
+        byte_stream: anyio.abc.ByteStream = stream
+        if self.secure:
+            byte_stream = await TLSStream.wrap(stream, server_side=True, ssl_context=self._server_ssl,
+                                               standard_compatible=False)
+        return await self._wrap(byte_stream, server=True, host=None)
+
+    async def _wrap(self, stream: anyio.abc.ByteStream, *, server: bool, host: str | None) -> Link:
+        """The link over an open byte stream; the WebSocket transport adds its handshake here."""
+        return StreamLink(stream)
+
+    def _new_conn(self, link: Link, stream: anyio.abc.ByteStream, *, client: bool) -> _Conn:
+        now = anyio.current_time()
+        proto = Connection(client=client, websocket=link.websocket,
+                           max_message_size=self.tuning.max_message_size, block_wise=False,
+                           csm_timeout=self.tuning.handshake_timeout, now=now)
+        remote = _address(stream, anyio.abc.SocketAttribute.remote_address)
+        local = _address(stream, anyio.abc.SocketAttribute.local_address)
+        conn = _Conn(self, link, proto, remote, local, client)
+        self._conns.add(conn)
+        return conn
+
+    def _forget(self, conn: _Conn, *, pool_only: bool = False) -> None:
+        if not pool_only:
+            self._conns.discard(conn)
+        for key, pooled in list(self._pool.items()):
+            if pooled is conn:
+                del self._pool[key]
+
+    # --- the client side -----------------------------------------------------------------------------
+
+    async def resolve(self, scheme: str, host: str, port: int) -> Peer | None:
+        """The pooled connection to ``host:port`` (opened on first use, with its TLS and WebSocket
+        handshakes); cancellation abandons an opening connection. Raises NetworkError when it fails."""
+        if scheme != self.scheme:
+            return None
+        key = (host, port)
+        while True:
+            pooled = self._pool.get(key)
+            if pooled is not None and not pooled.closed and not pooled.proto.closed and not pooled.released:
+                return pooled.peer
+            pending = self._connecting.get(key)
+            if pending is None:
+                break
+            await pending.wait()  # another request is opening it: share that connection
+        if len(self._conns) >= self.tuning.max_connections:
+            raise NetworkError(f"{len(self._conns)} connections are open (max_connections)")
+        assert self._tg is not None
+        done = self._connecting[key] = anyio.Event()
+        try:
+            conn: _Conn = await self._tg.start(self._client_connection, host, port)
+        finally:
+            del self._connecting[key]
+            done.set()
+        self._pool[key] = conn
+        peer: Peer = conn.peer
+        return peer
+
+    async def _client_connection(self, host: str, port: int, *,
+                                 task_status: anyio.abc.TaskStatus[_Conn]) -> None:
+        try:
+            with anyio.fail_after(self.tuning.handshake_timeout):
+                if self.secure:
+                    context = self._client_ssl
+                    if context is None:
+                        from .tls import client_context
+
+                        context = self._client_ssl = client_context(websocket=self.scheme.endswith("ws"))
+                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                        host, port, ssl_context=context, tls_standard_compatible=False, tls_hostname=host)
+                else:
+                    stream = await anyio.connect_tcp(host, port)
+                link = await self._wrap(stream, server=False, host=host)
+        except TimeoutError:
+            raise NetworkError(f"no connection to {self.scheme}://{_hostport(host, port)} within "
+                               f"{self.tuning.handshake_timeout} s (handshake_timeout)") from None
+        except ssl.SSLCertVerificationError as e:
+            raise NetworkError(f"the TLS certificate of {_hostport(host, port)} was refused: "
+                               f"{e.verify_message or e.reason}") from None
+        except ssl.SSLError as e:
+            raise NetworkError(f"TLS handshake with {_hostport(host, port)} failed: {e.reason or e}"
+                               ) from None
+        except OSError as e:
+            raise NetworkError(e.errno, f"cannot connect to {self.scheme}://{_hostport(host, port)}: "
+                               f"{e.strerror or e}") from None
+        conn = self._new_conn(link, stream, client=True)
+        task_status.started(conn)
+        assert self._events is not None
+        await conn.run(self._events)
+
+    # --- what the runtime asks (from any task) -------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        return self._local
+
+    def _conn_of(self, message: Message) -> _Conn:
+        peer = message.remote
+        conn = peer.connection if isinstance(peer, Peer) else None
+        if not isinstance(conn, _Conn) or conn.transport is not self:
+            raise ValueError(f"{peer!r} is not a peer of {self!r}")
+        if conn.closed or conn.proto.closed:
+            raise NetworkError(f"the connection to {peer} is closed")
+        return conn
+
+    def send(self, message: Message, tuning: TransportTuning | None = None) -> None:
+        conn = self._conn_of(message)
+        is_request = message.code.is_request()
+        if is_request and len(conn.outstanding) >= self.tuning.max_pending_per_connection:
+            raise NetworkError(f"{len(conn.outstanding)} requests are pending on {conn!r} "
+                               "(max_pending_per_connection)")
+        conn.proto.send(message)
+        if is_request:
+            conn.outstanding.add(message.token)
+        conn.wake()
+        if message.type is Type.CON and not is_request and self._events is not None:
+            # A reliable transport delivers what it accepted: a confirmable notification needs no ACK.
+            self._events.delivered(message, anyio.current_time())
+
+    def respond(self, request: Message, response: Message | None, now: float, *,
+                unverified: bool = False) -> None:
+        conn = self._conn_of(request)
+        conn.answered.add(id(request))
+        if response is None:
+            return  # No-Response: nothing to acknowledge on a reliable transport
+        response.token = request.token
+        response.remote = request.remote
+        conn.proto.send(response)
+        conn.wake()
+
+    def answered(self, request: Message) -> bool:
+        peer = request.remote
+        conn = peer.connection if isinstance(peer, Peer) else None
+        return isinstance(conn, _Conn) and id(request) in conn.answered
+
+    def cancel(self, message: Message) -> None:
+        peer = message.remote
+        conn = peer.connection if isinstance(peer, Peer) else None
+        if isinstance(conn, _Conn):
+            conn.outstanding.discard(message.token)
+
+    def ping(self, peer: Peer) -> Message:
+        conn = peer.connection
+        assert isinstance(conn, _Conn)
+        token = os.urandom(4)
+        ping = Message(Type.CON, Code.PING, token=token, remote=peer)
+        if conn.closed or conn.proto.closed:
+            raise NetworkError(f"the connection to {peer} is closed")
+        conn.pings[token] = (anyio.current_time() + self.tuning.ping_timeout, ping)
+        conn.proto.ping(token)
+        conn.wake()
+        return ping
+
+    @property
+    def open_exchanges(self) -> int:
+        return sum(len(conn.outstanding) for conn in self._conns)
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (accepted and pooled)."""
+        return len(self._conns)
+
+    @property
+    def limit_hits(self) -> Mapping[str, int]:
+        return self.limits.hits
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
