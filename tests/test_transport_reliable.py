@@ -13,7 +13,6 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 
-import anyio
 import attrs
 import pytest
 import trio
@@ -165,11 +164,11 @@ async def test_observe_over_each_scheme(pair: tuple[str, Context, Context]) -> N
                 counter.bump()
         assert seen == [b"1", b"2", b"3"]
         while counter.observer_count:  # the deregistration travels on the connection
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked(0.01)
 
 
 async def test_requests_share_one_pooled_connection(pair: tuple[str, Context, Context]) -> None:
-    base, server, client = pair
+    base, _, client = pair
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for _ in range(20):
@@ -235,7 +234,7 @@ async def test_a_client_that_connects_and_sends_nothing_is_dropped() -> None:
         [transport] = [t for t in server.transports if "coap+tcp" in t.schemes]
         with trio.fail_after(5):
             while transport.connections:  # type: ignore[attr-defined]
-                await trio.sleep(0.01)
+                await trio.testing.wait_all_tasks_blocked(0.01)
 
 
 async def test_connections_beyond_the_per_peer_bound_are_closed_at_once() -> None:
@@ -270,5 +269,3 @@ async def test_a_context_limited_to_some_schemes_refuses_the_others() -> None:
         with pytest.raises(NoTransport, match="not sent"):
             await client.get("coap+tcp://127.0.0.1:9/")
 
-
-_ = (anyio, trio.testing)

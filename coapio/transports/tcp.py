@@ -36,6 +36,7 @@ from ..protocol.peer import Peer
 from ..protocol.reliable import (
     AbortReceived,
     Connection,
+    ConnectionClosed,
     MessageReceived,
     PongReceived,
     ProtocolViolation,
@@ -488,13 +489,24 @@ class ReliableTransport(Transport):
 
     def respond(self, request: Message, response: Message | None, now: float, *,
                 unverified: bool = False) -> None:
-        conn = self._conn_of(request)
+        peer = request.remote
+        conn = peer.connection if isinstance(peer, Peer) else None
+        if not isinstance(conn, _Conn) or conn.transport is not self:
+            raise ValueError(f"{peer!r} is not a peer of {self!r}")
         conn.answered.add(id(request))
+        if conn.closed or conn.proto.closed:
+            # The client is gone (its Pipes already lost interest): a late answer has nowhere to go.
+            log.debug("dropping a response to %r: the connection is closed", request)
+            return
         if response is None:
             return  # No-Response: nothing to acknowledge on a reliable transport
         response.token = request.token
         response.remote = request.remote
-        conn.proto.send(response)
+        try:
+            conn.proto.send(response)
+        except ConnectionClosed:
+            log.debug("dropping a response to %r: the connection closed", request)
+            return
         conn.wake()
 
     def answered(self, request: Message) -> bool:
