@@ -20,12 +20,14 @@ import itertools
 import logging
 import math
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.streams.tls import TLSStream
 
 from ..error import CoapError, NetworkError, RequestTimedOut
@@ -45,7 +47,7 @@ from ..protocol.reliable import (
 from ..protocol.tuning import TransportTuning
 from .base import Transport, TransportEvents
 
-__all__ = ["Link", "ReliableTransport", "StreamLink"]
+__all__ = ["Link", "ReliableTransport", "SocketLink", "StreamLink"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,50 @@ class StreamLink(Link):
 
     async def aclose(self) -> None:
         with anyio.move_on_after(1, shield=True):  # a TLS close_notify must not hold the exit up
+            await self.stream.aclose()
+
+
+class SocketLink(Link):
+    """A plain TCP connection, read and written on its non-blocking socket directly.
+
+    anyio's stream adds a scheduling round to every receive and send; on a busy connection that costs as
+    much as the CoAP work of the messages it carries, so plain TCP skips it (TLS and WebSockets keep
+    their streams). The stream still owns the socket and closes it.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream):
+        self.stream = stream
+        self.sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+
+    async def receive(self) -> list[bytes]:
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(sock)
+                except (anyio.ClosedResourceError, OSError):
+                    return []
+                continue
+            except OSError:
+                return []
+            return [data] if data else []
+
+    async def send(self, chunks: list[bytes]) -> None:
+        data = memoryview(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        sock = self.sock
+        while data:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                continue
+            data = data[sent:]
+        await anyio.lowlevel.checkpoint()  # a writer that never blocks must still let others run
+
+    async def aclose(self) -> None:
+        with anyio.move_on_after(1, shield=True):
             await self.stream.aclose()
 
 
@@ -373,6 +419,8 @@ class ReliableTransport(Transport):
 
     async def _wrap(self, stream: anyio.abc.ByteStream, *, server: bool, host: str | None) -> Link:
         """The link over an open byte stream; the WebSocket transport adds its handshake here."""
+        if isinstance(stream, anyio.abc.SocketStream):
+            return SocketLink(stream)
         return StreamLink(stream)
 
     def _new_conn(self, link: Link, stream: anyio.abc.ByteStream, *, client: bool) -> _Conn:
