@@ -23,6 +23,7 @@ saturation, other processes' CPU use, failures). Steps, in order:
 ``client``    ``client_throughput.py``: 64 concurrent GETs against coap-server-notls, coapio and aiocoap
 ``observe``   ``observe_fanout.py``: notifications/s to 1,000 and 10,000 observers, coapio and aiocoap
 ``blockwise`` ``blockwise_get.py``: a 1 MiB Block2 GET, coapio↔coapio and aiocoap↔aiocoap
+``tcp``       ``tcp_throughput.py``: CoAP over TCP, coapio and libcoap servers (and coapio's UDP figure)
 ============  ==========================================================================================
 
 Peers: aiocoap (``pip install -e '.[test]'``), libcoap's ``coap-server-notls`` (Debian: ``apt install
@@ -81,6 +82,8 @@ STEPS = [
          ["--observers", "100,1000", "--notifications", "5000", "--timeout", "15"], 900),
     Step("blockwise", "blockwise_get.py", ["--size", str(1 << 20), "--repeat", "3"],
          ["--size", str(64 << 10), "--repeat", "1"], 600),
+    Step("tcp", "tcp_throughput.py", ["--duration", "5", "--repeat", "3"],
+         ["--duration", "0.5", "--warmup", "0.3", "--repeat", "1"], 600),
 ]
 STEP_NAMES = [s.name for s in STEPS]
 
@@ -356,6 +359,24 @@ def targets(run: dict[str, Any]) -> list[Target]:
     # Workers.
     rps_target("2 SO_REUSEPORT workers / 1 worker (same server, CON; workers one per CPU)", "≥ 1.5x", 1.5,
                "CON", "coapio-workers2", "coapio-workers1", "coapio")
+
+    # CoAP over TCP (issue 11).
+    tcp = data("tcp") or {}
+    results = tcp.get("results", {}) if isinstance(tcp, dict) else {}
+    for title, target, threshold, theirs_name in (
+        ("server req/s over TCP, 16 in flight over 4 connections: coapio TCP / coapio UDP (same run)",
+         "≥ 0.8x", 0.8, "coapio-udp"),
+        ("the same: coapio TCP / libcoap TCP", "≥ 0.4x", 0.4, "libcoap-tcp"),
+    ):
+        t = Target(title, target, threshold, True)
+        a, b = results.get("coapio-tcp"), results.get(theirs_name)
+        t.mine = _fmt(a["requests_per_second"] if a else None, ",.0f", " req/s")
+        t.theirs = _fmt(b["requests_per_second"] if b else None, ",.0f", " req/s")
+        if a and b:
+            t.ratio = a["requests_per_second"] / b["requests_per_second"]
+        else:
+            t.reason = _missing_reason(env, "libcoap") or "the tcp step gave no result"
+        out.append(t)
     return out
 
 
