@@ -269,3 +269,26 @@ async def test_a_context_limited_to_some_schemes_refuses_the_others() -> None:
         with pytest.raises(NoTransport, match="not sent"):
             await client.get("coap+tcp://127.0.0.1:9/")
 
+
+
+async def test_a_malformed_frame_aborts_its_connection_only() -> None:
+    """RFC 8323 §5.6: garbage on one connection is answered 7.05 Abort with a diagnostic and that connection
+    closes; a client on another connection goes on undisturbed."""
+    site, _, _, _ = _site()
+    async with Context(bind=["coap+tcp://127.0.0.1:0"], site=site) as server, Context() as client:
+        base = server.local_uris[-1]
+        port = int(base.rsplit(":", 1)[1])
+        with trio.fail_after(10):
+            assert (await client.get(base + "/counter")).payload == b"0"
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                raw.settimeout(5)
+                # An empty CSM, then a frame with the reserved token length 15.
+                raw.sendall(b"\x00\xe1" + b"\x0f\x01")
+                received = b""
+                while True:
+                    chunk = await trio.to_thread.run_sync(raw.recv, 4096)
+                    if not chunk:
+                        break
+                    received += chunk
+            assert b"\xe5" in received  # a 7.05 Abort came before the close
+            assert (await client.get(base + "/counter")).payload == b"0"  # the other connection is fine
