@@ -292,3 +292,21 @@ async def test_a_malformed_frame_aborts_its_connection_only() -> None:
                     received += chunk
             assert b"\xe5" in received  # a 7.05 Abort came before the close
             assert (await client.get(base + "/counter")).payload == b"0"  # the other connection is fine
+
+
+@pytest.mark.parametrize("scheme", ["coap+tcp", "coap+ws"])
+def test_reliable_transports_work_on_asyncio(scheme: str) -> None:
+    """The same exchange under ``anyio.run(..., backend="asyncio")``: plain TCP must not use the socket
+    directly there (asyncio's transport owns it)."""
+    if scheme.endswith("ws"):
+        pytest.importorskip("wsproto")
+    import anyio
+
+    async def main() -> bytes:
+        site, _, _, _ = _site()
+        async with Context(bind=[f"{scheme}://127.0.0.1:0"], site=site) as server, Context() as client:
+            with anyio.fail_after(10):
+                response = await client.get(server.local_uris[-1] + "/store")
+        return response.payload
+
+    assert anyio.run(main, backend="asyncio") == BODY

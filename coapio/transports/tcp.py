@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import ssl
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -138,6 +139,19 @@ class SocketLink(Link):
             await self.stream.aclose()
 
 
+def _running_trio() -> bool:
+    """Whether this is a trio run: only there may the link use the socket itself (asyncio's transport
+    reads the socket on its own, and anyio hands out a wrapper without ``recv``)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _address(stream: anyio.abc.ByteStream, attribute: Any) -> tuple[Any, ...]:
     try:
         address = stream.extra(attribute)
@@ -191,15 +205,20 @@ class _Conn:
         """
         try:
             with anyio.CancelScope() as self._scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer, events)
-                    await self._reader(events)
-                    # Let the writer send what is queued (a 7.05 Abort, a Release), then stop it.
-                    self._finishing = True
-                    self.wake()
-                    with anyio.move_on_after(1):
-                        await self._drained.wait()
-                    tg.cancel_scope.cancel()
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._writer, events)
+                        await self._reader(events)
+                        # Let the writer send what is queued (a 7.05 Abort, a Release), then stop it.
+                        self._finishing = True
+                        self.wake()
+                        with anyio.move_on_after(1):
+                            await self._drained.wait()
+                        tg.cancel_scope.cancel()
+                except Exception as e:  # one connection's failure is its own
+                    # A bug of ours, or a link that failed in a way we did not foresee, costs this
+                    # connection, never the transport and every other connection with it.
+                    log.exception("%r failed: %s", self, e)
         finally:
             self.closed = True
             self.transport._forget(self)
@@ -419,7 +438,7 @@ class ReliableTransport(Transport):
 
     async def _wrap(self, stream: anyio.abc.ByteStream, *, server: bool, host: str | None) -> Link:
         """The link over an open byte stream; the WebSocket transport adds its handshake here."""
-        if isinstance(stream, anyio.abc.SocketStream):
+        if isinstance(stream, anyio.abc.SocketStream) and _running_trio():
             return SocketLink(stream)
         return StreamLink(stream)
 
