@@ -310,3 +310,29 @@ def test_reliable_transports_work_on_asyncio(scheme: str) -> None:
         return response.payload
 
     assert anyio.run(main, backend="asyncio") == BODY
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+async def test_leaving_the_client_context_deregisters_over_each_scheme(scheme: str, certs: Certs) -> None:
+    """The token manager's deregistrations at the Context's exit are written before the connection
+    closes (over TLS too, where closing first would drop them)."""
+    if scheme.endswith("ws"):
+        pytest.importorskip("wsproto")
+    server_ssl, client_ssl = _ssl_for(scheme, certs)
+    deregistered = trio.Event()
+
+    class Watched(Counter):
+        def render_get(self, request: Message) -> Message:
+            if request.opt.observe == 1:
+                deregistered.set()  # the GET with Observe: 1 arrived (not just the connection's end)
+            return super().render_get(request)
+
+    site = Site()
+    site.add("counter", Watched())
+    async with Context(bind=[f"{scheme}://127.0.0.1:0"], site=site, server_ssl=server_ssl) as server:
+        base = server.local_uris[-1]
+        with trio.fail_after(10):
+            async with Context(client_ssl=client_ssl) as client:
+                obs = client.observe(base + "/counter")
+                await obs.__aenter__()  # left open: the Context's exit deregisters it
+            await deregistered.wait()

@@ -367,6 +367,10 @@ class Connection:
         out, self._out = self._out, []
         return out
 
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` has something (without taking it)."""
+        return bool(self._out)
+
     # --- internals: the rules -------------------------------------------------------------------------------
 
     def _queue(self, message: Message) -> None:

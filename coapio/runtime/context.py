@@ -49,6 +49,8 @@ Bind = str | tuple[str, int]
 _NOT_YET = {
     "coaps": "CoAP over DTLS",
 }
+#: Seconds the Context's exit waits for transports to write what its shutdown queued.
+_DRAIN_TIMEOUT = 1.0
 #: The RFC 8323 schemes: a client transport for each is started on first use.
 _RELIABLE = ("coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws")
 
@@ -269,6 +271,11 @@ class Context:
         assert task_group is not None
         self._tokens.shutdown()
         self._server.close()
+        # Let connection-oriented transports write what the shutdown queued (deregistrations) before
+        # they are cancelled; bounded, and shielded so that a cancelled body still says goodbye.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_DRAIN_TIMEOUT):
+            for transport in self._transports:
+                await transport.drain()
         task_group.cancel_scope.cancel()
         try:
             return await task_group.__aexit__(exc_type, exc, tb)

@@ -125,6 +125,12 @@ class Transport(abc.ABC):
         """Ask ``peer`` for a sign of life (a CoAP ping over UDP); returns the ping, whose failure arrives
         as ``failed(ping, ...)`` and whose answer needs no report."""
 
+    async def drain(self) -> None:
+        """Write what is queued (the Context calls it on exit, between the token manager's shutdown —
+        which queues deregistrations — and cancelling the transports). The Context bounds the wait;
+        transports that write synchronously (UDP) have nothing to do."""
+        return None  # a default for transports that write synchronously, not a missing implementation
+
     @property
     @abc.abstractmethod
     def open_exchanges(self) -> int:

@@ -16,6 +16,7 @@ are cancelled), because the runtime hears ``peer_failed`` for the connection's P
 from __future__ import annotations
 
 import abc
+import contextlib
 import itertools
 import logging
 import math
@@ -183,6 +184,7 @@ class _Conn:
         self._wakeup = anyio.Event()
         self._sending = False  # a task is in link.send: nobody else may write now
         self._finishing = False  # the reader is done: the writer sends what is queued, then stops
+        self._quiet: anyio.Event | None = None  # set by the writer once nothing is queued (drain)
         self._drained = anyio.Event()
         self._scope: anyio.CancelScope | None = None
 
@@ -223,6 +225,14 @@ class _Conn:
             self.closed = True
             self.transport._forget(self)
             with anyio.CancelScope(shield=True):
+                if not self._sending:
+                    # What is still queued goes out first: on the Context's exit that is the token
+                    # manager's deregistrations, which would otherwise be lost.
+                    with anyio.move_on_after(0.5):
+                        out = self.proto.data_to_send()
+                        if out:
+                            with contextlib.suppress(Exception):
+                                await self.link.send(out)
                 await self.link.aclose()
             side = "to" if self.client else "from"
             events.peer_failed(self.peer, NetworkError(f"the connection {side} {self.peer} closed"))
@@ -304,6 +314,8 @@ class _Conn:
                     return
                 if wrote:
                     continue
+            if self._quiet is not None and not self._sending and not proto.has_data_to_send():
+                self._quiet.set()
             if self._finishing or proto.closed:
                 self._drained.set()
                 if proto.closed:
@@ -452,6 +464,15 @@ class ReliableTransport(Transport):
         conn = _Conn(self, link, proto, remote, local, client)
         self._conns.add(conn)
         return conn
+
+    async def drain(self) -> None:
+        """Until every connection has written what is queued (the Context's exit: deregistrations)."""
+        for conn in list(self._conns):
+            if conn.closed or (not conn._sending and not conn.proto.has_data_to_send()):
+                continue
+            quiet = conn._quiet = anyio.Event()
+            conn.wake()
+            await quiet.wait()
 
     def _forget(self, conn: _Conn, *, pool_only: bool = False) -> None:
         if not pool_only:
