@@ -175,6 +175,10 @@ def test_appendix_c8_response_with_partial_iv() -> None:
 
 def test_cbor_encoder_matches_the_vectors_and_cbor2() -> None:
     assert _cbor.dumps([1, [10], b"", b"\x14", b""]).hex() == "8501810a40411440"
+    ctx, _ = pair()
+    for kid, piv in ((b"", b"\x14"), (b"k" * 7, b"\xff" * 5)):
+        aad_array = _cbor.dumps([1, [10], kid, piv, b""])
+        assert ctx.external_aad(kid, piv) == _cbor.dumps(["Encrypt0", b"", aad_array])
     cbor2 = pytest.importorskip("cbor2")
     for item in [0, 23, 24, 255, 256, 65535, 65536, 2**32, -1, -24, -25, -(2**40), b"x" * 300, "é" * 30,
                  [None, [1, [2, "Key"]]], list(range(30))]:

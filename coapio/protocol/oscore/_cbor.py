@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Union
 
-__all__ = ["CborItem", "dumps"]
+__all__ = ["CborItem", "dumps", "head"]
 
 CborItem = Union[int, bytes, str, None, Sequence["CborItem"]]  # noqa: UP007 - a recursive alias
 
 
-def _head(major: int, n: int) -> bytes:
+def head(major: int, n: int) -> bytes:
+    """The initial bytes of an item of ``major`` type with argument ``n``."""
     if n < 24:
         return bytes((major << 5 | n,))
     if n < 0x100:
@@ -36,10 +37,10 @@ def dumps(item: CborItem) -> bytes:
     if isinstance(item, bool):
         raise TypeError("booleans are not used by OSCORE")
     if isinstance(item, int):
-        return _head(0, item) if item >= 0 else _head(1, -1 - item)
+        return head(0, item) if item >= 0 else head(1, -1 - item)
     if isinstance(item, bytes):
-        return _head(2, len(item)) + item
+        return head(2, len(item)) + item
     if isinstance(item, str):
         raw = item.encode("utf-8")
-        return _head(3, len(raw)) + raw
-    return _head(4, len(item)) + b"".join(dumps(x) for x in item)
+        return head(3, len(raw)) + raw
+    return head(4, len(item)) + b"".join(dumps(x) for x in item)

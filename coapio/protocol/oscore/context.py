@@ -99,8 +99,8 @@ class SecurityContext:
         else:
             self.replay_window = ReplayWindow(replay_window, initialized=replay_window_initialized)
         self.sequence: SequenceNumbers = sequence if sequence is not None else InMemorySequence()
-        #: The external AAD's algorithms array, fixed per context (§5.4).
-        self._aad_algorithms = [alg.number]
+        # The external AAD's fixed start: [oscore_version 1, [alg_aead], ... (§5.4).
+        self._aad_head = b"\x85\x01" + _cbor.dumps([alg.number])
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
@@ -167,8 +167,17 @@ class SecurityContext:
 
     def external_aad(self, request_kid: bytes, request_piv: bytes) -> bytes:
         """The COSE Enc_structure with the external AAD of §5.4 (no Class I options are defined)."""
-        aad_array = _cbor.dumps([1, self._aad_algorithms, request_kid, request_piv, b""])
-        return _cbor.dumps(["Encrypt0", b"", aad_array])
+        # Written out rather than through _cbor.dumps: this runs twice per exchange and the shape is fixed.
+        head = _cbor.head
+        aad_array = (
+            self._aad_head + head(2, len(request_kid)) + request_kid
+            + head(2, len(request_piv)) + request_piv + b"\x40"
+        )
+        return _ENCRYPT0 + head(2, len(aad_array)) + aad_array
+
+
+#: ["Encrypt0", h'', ...: the start of every COSE Enc_structure OSCORE makes (empty protected header).
+_ENCRYPT0 = b"\x83\x68Encrypt0\x40"
 
 
 def _algorithm(value: str | int | AeadAlgorithm) -> AeadAlgorithm:
