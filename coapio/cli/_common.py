@@ -14,16 +14,23 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..protocol.message import Message
 
 __all__ = [
-    "OneLineParser", "colour", "error_line", "format_address", "is_keyboard_interrupt", "option_lines",
-    "printable", "setup_logging", "unwrap", "wants_colour",
+    "OneLineParser", "UsageError", "colour", "error_line", "format_address", "format_remote",
+    "is_keyboard_interrupt", "option_lines", "printable", "setup_logging", "tls_context", "unwrap",
+    "wants_colour",
 ]
 
 EXIT_OK = 0
 EXIT_ERROR_RESPONSE = 1
 EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """An argument that makes no valid request or server; reported as one line with exit status 2."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -50,6 +57,14 @@ def format_address(address: Any, *, unmap: bool = True) -> str:
     if ":" in host:
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def format_remote(remote: Any) -> str:
+    """A peer as the user wrote it: ``host:port`` for UDP (``coap``), ``scheme://host:port`` for the
+    TCP, TLS and WebSocket schemes, where the address alone would not say which transport it is."""
+    scheme = getattr(remote, "scheme", "coap")
+    text = format_address(remote)
+    return text if scheme == "coap" else f"{scheme}://{text}"
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -128,6 +143,74 @@ def option_lines(message: Message) -> list[str]:
         else:
             lines.append(f"{spec.name}={raw.hex() or '(empty)'}")
     return lines
+
+
+def _readable(path: str, option: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise UsageError(f"cannot read {option} {path!r}: {e.strerror or e}") from None
+
+
+def _why(e: ssl.SSLError) -> str:
+    """OpenSSL's reason, as `` (REASON)``; nothing for the uninformative "PEM lib"."""
+    return f" ({e.reason.replace('_', ' ').lower()})" if e.reason else ""
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey  # asked for a passphrase: the key is encrypted
+
+
+def tls_context(
+    ca: str | None, cert: str | None, key: str | None, *, server: bool, websocket: bool = False
+) -> ssl.SSLContext:
+    """The TLS context of ``--ca``, ``--cert`` and ``--key`` (PEM files), checked before anything is sent
+    or bound; every problem is a :class:`UsageError`.
+
+    ``--key`` may be left out when the ``--cert`` file holds the private key too (one PEM file with both,
+    as many tools write them); ``--key`` without ``--cert`` is an error. A key protected by a passphrase
+    is refused (a script must not stop at a prompt): decrypt it first. A client (``server=False``)
+    verifies the server against ``ca``, or the system's trust store without it, and presents ``cert``
+    when asked; a server presents ``cert`` (required) and, with ``ca``, requires client certificates
+    signed by it. The context is :mod:`coapio.transports.tls`'s, ALPN included (``websocket``).
+    """
+    import ssl
+
+    from ..transports.tls import client_context, server_context
+
+    if key is not None and cert is None:
+        raise UsageError("--key needs --cert (the certificate the key belongs to)")
+    for path, option in ((ca, "--ca"), (cert, "--cert"), (key, "--key")):
+        if path is not None:
+            _readable(path, option)
+    # Each file is tried on its own first, for an error that names it (and for no passphrase prompt).
+    if ca is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(ca)
+        except ssl.SSLError as e:
+            raise UsageError(f"--ca {ca!r} holds no PEM certificate{_why(e)}") from None
+    if cert is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_no_passphrase)
+        except _EncryptedKey:
+            raise UsageError(f"the key in {key or cert!r} is encrypted; give it decrypted "
+                             "(e.g. openssl pkey -in KEY -out PLAIN)") from None
+        except ssl.SSLError as e:
+            if key is None:
+                raise UsageError(f"--cert {cert!r} must hold a PEM certificate and, without --key, its "
+                                 f"private key{_why(e)}") from None
+            raise UsageError(f"--cert {cert!r} and --key {key!r} are not a PEM certificate and its "
+                             f"private key{_why(e)}") from None
+    if server:
+        if cert is None:
+            raise UsageError("TLS needs --cert FILE (and --key FILE unless the key is in it)")
+        return server_context(cert=cert, key=key, ca=ca, websocket=websocket)
+    return client_context(ca=ca, cert=cert, key=key, websocket=websocket)
 
 
 def setup_logging(verbosity: int) -> None:

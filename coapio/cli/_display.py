@@ -13,7 +13,7 @@ from ._common import (
     EXIT_ERROR_RESPONSE,
     EXIT_OK,
     colour,
-    format_address,
+    format_remote,
     option_lines,
     printable,
     wants_colour,
@@ -146,8 +146,12 @@ def format_payload(payload: bytes, content_format: int | None, *, tty: bool) -> 
 
 def _describe(response: Message, stderr: TextIO, colours: bool) -> None:
     print(colour(str(response.code), _code_colour(response), colours), file=stderr)
-    print(f"remote={format_address(response.remote)}", file=stderr)
-    print(f"type={response.type.name} mid={response.mid} token={response.token.hex() or '-'}", file=stderr)
+    print(f"remote={format_remote(response.remote)}", file=stderr)
+    token = response.token.hex() or "-"
+    if getattr(response.remote, "scheme", "coap") == "coap":
+        print(f"type={response.type.name} mid={response.mid} token={token}", file=stderr)
+    else:
+        print(f"token={token}", file=stderr)  # RFC 8323 messages have no type and no message ID
     for line in option_lines(response):
         print(line, file=stderr)
     print(f"payload={len(response.payload)} bytes", file=stderr)

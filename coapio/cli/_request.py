@@ -9,6 +9,7 @@ import math
 import sys
 from typing import TYPE_CHECKING, BinaryIO
 
+from ._common import UsageError
 from ._display import _cbor_diag, _cbor_kind, _quiet_stderr
 
 if TYPE_CHECKING:
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
 
 OBSERVABLE_METHODS = ("get", "fetch")
 
+#: The URI schemes coapio-client sends requests over: UDP and the four of RFC 8323 (``coaps``, CoAP over
+#: DTLS, is not implemented).
+SUPPORTED_SCHEMES = ("coap", "coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws")
+#: The schemes over TLS, where --ca, --cert and --key apply.
+TLS_SCHEMES = ("coaps+tcp", "coaps+ws")
+
 BLOCK_SIZES = tuple(16 << szx for szx in range(7))  # 16 ... 1024: SZX 0 ... 6 (RFC 7959 §2.2)
 
 #: Short names for --content-format and --accept, besides numbers and media types.
@@ -24,10 +31,6 @@ CONTENT_FORMAT_NAMES = {
     "text": 0, "link": 40, "xml": 41, "octet": 42, "exi": 47, "json": 50, "json-patch": 51,
     "merge-patch": 52, "cbor": 60, "cwt": 61, "cbor-seq": 63, "senml-json": 110, "senml-cbor": 112,
 }
-
-
-class UsageError(Exception):
-    """An argument that makes no valid request; reported as one line with exit status 2."""
 
 
 def _content_format(text: str, what: str) -> ContentFormat:
@@ -259,8 +262,13 @@ def build_request(args: argparse.Namespace, stdin: BinaryIO | None = None) -> Me
                           uri=args.uri)
     except (error.UriError, OptionLengthError) as e:
         raise UsageError(f"invalid URI {args.uri!r}: {e}") from None
-    if request.scheme != "coap":
-        raise UsageError(f"scheme {request.scheme!r} is not supported yet; use coap://")
+    if request.scheme == "coaps":
+        raise UsageError(
+            "scheme 'coaps' is not supported: CoAP over DTLS is not implemented (for CoAP over TLS use "
+            "coaps+tcp:// or coaps+ws://)"
+        )
+    if request.scheme not in SUPPORTED_SCHEMES:
+        raise UsageError(f"scheme {request.scheme!r} is not supported; use {', '.join(SUPPORTED_SCHEMES)}")
     if request.remote is not None and request.remote.port == 0:
         raise UsageError(f"invalid URI {args.uri!r}: port 0 cannot be sent to")
     if content_format is not None:
@@ -276,3 +284,23 @@ def build_request(args: argparse.Namespace, stdin: BinaryIO | None = None) -> Me
     if token is not None:
         request.token = token
     return request
+
+
+def check_transport(args: argparse.Namespace, scheme: str) -> None:
+    """Refuse the arguments that mean nothing over the URI's transport; raise :class:`UsageError`.
+
+    ``--bind`` picks the UDP socket (a TCP or WebSocket connection is made from an address the system
+    chooses) and ``--non`` a UDP message type (RFC 8323 messages have none); ``--ca``, ``--cert`` and
+    ``--key`` are TLS settings, which with a scheme without TLS would protect nothing.
+    """
+    tls = [f"--{name}" for name in ("ca", "cert", "key") if getattr(args, name, None) is not None]
+    if tls and scheme not in TLS_SCHEMES:
+        secure = "coaps+tcp:// or coaps+ws://" if scheme == "coap" else scheme.replace("coap+", "coaps+") + "://"
+        raise UsageError(f"{tls[0]} is a TLS setting, and {scheme}:// has no TLS (use {secure})")
+    if scheme == "coap":
+        return
+    if getattr(args, "bind", None) is not None:
+        raise UsageError(f"--bind is for coap:// (UDP) only; a {scheme}:// connection is made from an "
+                         "address the system chooses")
+    if getattr(args, "non", False):
+        raise UsageError(f"--non is for coap:// (UDP) only; {scheme}:// messages have no type (RFC 8323)")

@@ -24,18 +24,22 @@ from .. import __version__
 from ._common import (
     EXIT_OK,
     OneLineParser,
+    UsageError,
     error_line,
     format_address,
+    format_remote,
     is_keyboard_interrupt,
     setup_logging,
+    tls_context,
     unwrap,
 )
 from ._display import OutputError, _show, format_payload, show_response
 from ._request import (
     CONTENT_FORMAT_NAMES,
-    UsageError,
+    TLS_SCHEMES,
     _parse_seconds,
     build_request,
+    check_transport,
     parse_block_size,
     parse_local,
     parse_observe_count,
@@ -44,6 +48,8 @@ from ._request import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..protocol.message import Message
     from ..protocol.tuning import TransportTuning
 
@@ -105,13 +111,22 @@ responses (the first one included), --observe-for seconds after the first respon
 server ends the observation (with a response without Observe: status 0 for a 2.xx, 1 for an
 error); --timeout bounds only the wait for the first response.
 
+The URI's scheme picks the transport: coap:// is UDP; coap+tcp:// and coaps+tcp:// are TCP and
+TLS, coap+ws:// and coaps+ws:// WebSockets over TCP and TLS (RFC 8323; the WebSockets need
+pip install 'coapio[ws]'). coaps:// (DTLS) is not implemented. Over TLS the server's certificate
+must chain to the system's trust store, or to --ca FILE, and name the URI's host; --cert FILE
+presents a client certificate (its key in the same PEM file, or in --key FILE). A missing or
+unusable certificate file is a usage error; a certificate the other side refuses is status 4.
+--bind and --non are for coap:// only, --ca, --cert and --key for coaps+tcp:// and coaps+ws://.
+
 exit status:
   0    a 2.xx success response, or none because No-Response suppressed it (with --observe
        also: Ctrl-C or SIGTERM, --observe-count or --observe-for reached)
   1    a 4.xx or 5.xx error response (the code and diagnostic payload go to stderr)
   2    usage error: bad arguments, URI, content format, option or payload
   3    timeout: --timeout elapsed, or CoAP gave up waiting for an answer
-  4    network error: unreachable or closed port (ICMP), name resolution, Reset, bad response
+  4    network error: unreachable or closed port (ICMP), name resolution, Reset, bad response,
+       a refused connection or TLS certificate, a connection closed before the response
   130  interrupted (Ctrl-C; with --observe only before the first response; SIGTERM: 143)
 """
 
@@ -122,7 +137,10 @@ exit status:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
-        description="Send one CoAP request over UDP and print the response payload.",
+        description=(
+            "Send one CoAP request over UDP, TCP, TLS or WebSockets (the URI's scheme says which) and\n"
+            "print the response payload."
+        ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -140,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--accept", metavar="CF", help="Accept option: a number, media type or short name")
     parser.add_argument(
-        "--non", action="store_true", help="send a non-confirmable (NON) request instead of CON"
+        "--non", action="store_true",
+        help="coap:// only: send a non-confirmable (NON) request instead of CON"
     )
     parser.add_argument(
         "-O", "--option", metavar="NUM,VALUE", action="append", default=[], dest="options",
@@ -155,12 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bind", metavar="HOST[:PORT]",
-        help="local address to send from (default: any address, an ephemeral port)",
+        help="coap:// only: local address to send from (default: any address, an ephemeral port)",
     )
     parser.add_argument(
         "--timeout", metavar="SECONDS",
         help=f"give up after SECONDS (default: when CoAP gives up, about {CON_GIVE_UP} s for a CON "
-        f"request, {NON_GIVE_UP} s for a NON one)",
+        f"request, {NON_GIVE_UP} s for a NON one; {CON_GIVE_UP} s over TCP and WebSockets)",
+    )
+    parser.add_argument(
+        "--ca", metavar="FILE",
+        help="coaps+tcp/coaps+ws: trust servers whose certificate this CA (PEM) signed, instead of the "
+        "system's trust store",
+    )
+    parser.add_argument(
+        "--cert", metavar="FILE",
+        help="coaps+tcp/coaps+ws: present this client certificate (PEM; with its key unless --key)",
+    )
+    parser.add_argument(
+        "--key", metavar="FILE", help="the private key of --cert (PEM, unencrypted)",
     )
     parser.add_argument(
         "--block-size", metavar="BYTES",
@@ -204,14 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     chatter = parser.add_mutually_exclusive_group()
     chatter.add_argument(
         "-v", "--verbose", action="count", default=0,
-        help="print the response code, remote address and options to stderr (-vv: also every "
-        "datagram sent and received, retransmissions and blocks included)",
+        help="print the response code, remote address (a URI for TCP, TLS and WebSockets) and options "
+        "to stderr (-vv: also every UDP datagram sent and received, retransmissions and blocks included)",
     )
     chatter.add_argument(
         "-q", "--quiet", action="store_true", help="print nothing but error messages"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("uri", metavar="URI", help="the resource, e.g. coap://[::1]/time")
+    parser.add_argument(
+        "uri", metavar="URI",
+        help="the resource: coap:// (UDP), coap+tcp://, coaps+tcp:// (TLS), coap+ws:// or coaps+ws:// "
+        "(WebSockets), e.g. coap://[::1]/time",
+    )
     return parser
 
 
@@ -219,13 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _failure(
-    exc: BaseException, request: Message, limit: float | None, *, bind: str | None = None
+    exc: BaseException, request: Message, limit: float | None, *, bind: str | None = None,
+    default_limit: bool = False, cert: bool = True,
 ) -> tuple[int, str] | None:
-    """Exit status and message for a failed exchange; None for an exception that is not ours to report."""
+    """Exit status and message for a failed exchange; None for an exception that is not ours to report.
+
+    ``default_limit``: ``limit`` is the default bound of a TCP or WebSocket request, not ``--timeout``.
+    ``cert``: a client certificate was given (without one, a TLS connection the server closes gets a
+    hint that it may want one).
+    """
+    import ssl
+
+    import anyio
+
     from .. import error
     from ..protocol.codes import Type
 
-    peer = format_address(request.remote)
+    peer = format_remote(request.remote)
     if isinstance(exc, error.RequestTimedOut):
         if request.type is Type.NON:
             return EXIT_TIMEOUT, (
@@ -234,7 +279,8 @@ def _failure(
             )
         return EXIT_TIMEOUT, f"no answer from {peer} (the CoAP retransmissions gave up)"
     if isinstance(exc, TimeoutError):
-        within = "" if limit is None else f" within {limit:g} s (--timeout)"
+        source = "the default over TCP and WebSockets; see --timeout" if default_limit else "--timeout"
+        within = "" if limit is None else f" within {limit:g} s ({source})"
         return EXIT_TIMEOUT, f"no response from {peer}{within}"
     if isinstance(exc, error.ResetReceived):
         return EXIT_NETWORK, f"{peer} answered with a Reset (RST)"
@@ -244,7 +290,21 @@ def _failure(
     if isinstance(exc, error.NetworkError) and exc.errno is not None:
         return EXIT_NETWORK, f"{peer}: {os.strerror(exc.errno)}"
     if isinstance(exc, error.NetworkError):
+        message = exc.strerror or str(exc)  # NetworkError(None, text) would read "[Errno None] text"
+        if not cert and request.scheme in TLS_SCHEMES and "closed" in message:
+            message += " (does the server want a client certificate? see --cert)"
+        return EXIT_NETWORK, message
+    if isinstance(exc, error.NoTransport):  # e.g. coap+ws:// without wsproto
         return EXIT_NETWORK, str(exc)
+    if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | anyio.EndOfStream):
+        # A TCP or WebSocket connection that broke under the transport (a TLS server refusing the
+        # client's certificate after the handshake, say).
+        hint = ""
+        if not cert and request.scheme in TLS_SCHEMES:
+            hint = " (does the server want a client certificate? see --cert)"
+        return EXIT_NETWORK, f"the connection to {peer} broke{hint}"
+    if isinstance(exc, ssl.SSLError):
+        return EXIT_NETWORK, f"TLS with {peer} failed: {exc.reason or exc}"
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
         if bind is not None:
@@ -265,6 +325,9 @@ class Plan:
         observe_for: float | None = None,
         bind: tuple[str, int] | None = None,
         trace: bool = False,
+        client_ssl: ssl.SSLContext | None = None,
+        default_timeout: bool = False,
+        cert: bool = False,
     ):
         if tuning is None:
             from ..protocol.tuning import TransportTuning
@@ -276,6 +339,12 @@ class Plan:
         self.observe_for = observe_for
         self.bind = bind
         self.trace = trace
+        #: For coaps+tcp:// and coaps+ws://: how to verify the server, which certificate to present.
+        self.client_ssl = client_ssl
+        #: ``timeout`` is the default bound of a TCP or WebSocket request, not --timeout.
+        self.default_timeout = default_timeout
+        #: A client certificate was given (--cert).
+        self.cert = cert
 
     @property
     def bind_text(self) -> str | None:
@@ -337,7 +406,9 @@ async def _context(plan: Plan) -> Any:
     """The client context the plan asks for, with the wire trace of ``-vv``."""
     from ..runtime.context import Context
 
-    async with Context(bind=None if plan.bind is None else [plan.bind], tuning=plan.tuning) as ctx:
+    async with Context(
+        bind=None if plan.bind is None else [plan.bind], tuning=plan.tuning, client_ssl=plan.client_ssl
+    ) as ctx:
         if plan.trace:
             from ._trace import install_tracer
 
@@ -413,8 +484,9 @@ async def _observe(args: argparse.Namespace, request: Message, plan: Plan) -> in
 async def _run(args: argparse.Namespace, request: Message, plan: Plan) -> int:
     stdout, stderr = sys.stdout, sys.stderr
     if args.verbose >= 2:
-        print(f"{request.code.name} {request.uri} ({request.type.name}, {len(request.payload)} bytes)",
-              file=stderr, flush=True)
+        kind = f"{request.type.name}, " if request.scheme == "coap" else ""
+        print(f"{request.code.name} {request.uri} ({kind}{len(request.payload)} bytes)", file=stderr,
+              flush=True)
     progress = stderr if stderr.isatty() and not args.quiet else None
     try:
         if args.observe:
@@ -426,9 +498,7 @@ async def _run(args: argparse.Namespace, request: Message, plan: Plan) -> int:
         if isinstance(exc, OutputError):
             error_line(PROG, str(exc), stderr)
             return EXIT_USAGE
-        outcome = (
-            _failure(exc, request, plan.timeout, bind=plan.bind_text) if isinstance(exc, Exception) else None
-        )
+        outcome = _group_failure(exc, request, plan)
         if outcome is None:
             raise
         status, message = outcome
@@ -436,8 +506,38 @@ async def _run(args: argparse.Namespace, request: Message, plan: Plan) -> int:
         return status
 
 
+def _group_failure(exc: BaseException, request: Message, plan: Plan) -> tuple[int, str] | None:
+    """:func:`_failure` for ``exc``, or for an exception group whose every exception is a failure to
+    report: the first coapio error among them (a connection that breaks can fail the request and, at the
+    same moment, a task of its transport). None when anything in it is not ours to report."""
+    from .. import error
+
+    def failure(leaf: BaseException) -> tuple[int, str] | None:
+        if not isinstance(leaf, Exception):
+            return None
+        return _failure(leaf, request, plan.timeout, bind=plan.bind_text, default_limit=plan.default_timeout,
+                        cert=plan.cert)
+
+    if not isinstance(exc, BaseExceptionGroup):
+        return failure(exc)
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    leaves.sort(key=lambda leaf: not isinstance(leaf, error.CoapError))  # stable: coapio's first
+    outcomes = [failure(leaf) for leaf in leaves]
+    if not outcomes or None in outcomes:
+        return None
+    return outcomes[0]
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
-    """Everything but the request that the arguments ask for; raise :class:`UsageError`."""
+    """Everything but the request and its transport that the arguments ask for; raise
+    :class:`UsageError`."""
     from ..protocol.tuning import TransportTuning
 
     timeout = _parse_seconds(args.timeout, "--timeout")
@@ -458,6 +558,23 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(timeout, tuning, count, observe_for=observe_for, bind=bind, trace=args.verbose >= 2)
 
 
+def plan_transport(plan: Plan, args: argparse.Namespace, scheme: str) -> None:
+    """Complete ``plan`` for a request over ``scheme``: refuse the arguments that mean nothing there, read
+    and check the TLS files (before anything is sent), and bound a TCP or WebSocket request that has no
+    --timeout; raise :class:`UsageError`."""
+    check_transport(args, scheme)
+    if scheme in TLS_SCHEMES:
+        plan.client_ssl = tls_context(
+            args.ca, args.cert, args.key, server=False, websocket=scheme.endswith("+ws")
+        )
+        plan.cert = args.cert is not None
+    if plan.timeout is None and scheme != "coap":
+        # A reliable transport never gives up on its own while the connection stays up: bound the wait
+        # as CoAP bounds a CON request over UDP.
+        plan.timeout = float(CON_GIVE_UP)
+        plan.default_timeout = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool with ``argv`` (default: the command line) and return its exit status."""
     parser = build_parser()
@@ -468,13 +585,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plan = make_plan(args)
         request = build_request(args)
+        plan_transport(plan, args, request.scheme)
     except UsageError as e:
         error_line(PROG, str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:  # while reading the payload from stdin
         return EXIT_INTERRUPTED
-    if args.verbose >= 2:
-        setup_logging(2)
+    if args.verbose:
+        setup_logging(0 if args.verbose == 1 else 2)  # -v: the library's warnings; -vv: everything
+    else:
+        # Every outcome is reported as the exit status and at most one line: the library's own log
+        # records (a connection's failure, logged where it happens) would repeat it, with a traceback.
+        import logging
+
+        logging.getLogger("coapio").addHandler(logging.NullHandler())
     import trio
 
     try:

@@ -3,10 +3,11 @@
 Resources: ``/`` (a welcome text), ``/time`` (the current UTC time, observable: a notification every
 second while observed), ``/large`` (8 KiB of text, served block-wise), ``/echo`` (POST/PUT answer with the
 request's payload and Content-Format, block-wise both ways when large), ``/whoami`` (the client's address)
-and the generated ``/.well-known/core``. Every renderer is a plain ``def``, so the server answers on its
-socket tasks without spawning a task per request; only an observation of ``/time`` has a task, its ticker.
-Each resource offers one content format and answers an Accept asking for another with 4.06 Not
-Acceptable (RFC 7252 §5.10.4). SIGINT (Ctrl-C) and SIGTERM stop it cleanly with status 0.
+and the generated ``/.well-known/core``, the same on every transport: UDP, and with ``--bind URI`` TCP, TLS
+and WebSockets (RFC 8323), Observe and block-wise included. Every renderer is a plain ``def``, so the
+server answers on its socket tasks without spawning a task per request; only an observation of ``/time``
+has a task, its ticker. Each resource offers one content format and answers an Accept asking for another
+with 4.06 Not Acceptable (RFC 7252 §5.10.4). SIGINT (Ctrl-C) and SIGTERM stop it cleanly with status 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,11 +34,21 @@ from .. import __version__, error
 from ..protocol.codes import Code
 from ..protocol.contentformat import ContentFormat
 from ..protocol.message import Message
+from ..protocol.uri import DEFAULT_PORTS
 from ..runtime.context import Context
 from ..runtime.resource import Resource, Site
 from ..runtime.server import ObservableResource
 from ..transports.udp import open_udp_socket, parse_bind
-from ._common import OneLineParser, error_line, format_address, is_keyboard_interrupt, setup_logging, unwrap
+from ._common import (
+    OneLineParser,
+    UsageError,
+    error_line,
+    format_address,
+    is_keyboard_interrupt,
+    setup_logging,
+    tls_context,
+    unwrap,
+)
 from ._trace import install_tracer
 
 __all__ = ["LARGE_SIZE", "Echo", "Large", "Time", "Welcome", "WhoAmI", "build_site", "large_text", "main"]
@@ -50,6 +62,10 @@ EXIT_INTERRUPTED = 130
 
 DEFAULT_BIND = ("::", 5683)
 FALLBACK_BIND = ("0.0.0.0", 5683)
+
+#: The schemes of ``--bind URI`` besides ``coap://`` (UDP): TCP, TLS, WebSockets, secure WebSockets.
+RELIABLE_SCHEMES = ("coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws")
+TLS_SCHEMES = ("coaps+tcp", "coaps+ws")
 
 _TEXT = ContentFormat.TEXT_PLAIN
 
@@ -199,38 +215,123 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Serve the coapio demo resources /, /time (observable), /large, /echo, /whoami and\n"
-            "/.well-known/core over CoAP/UDP until Ctrl-C or SIGTERM."
+            "/.well-known/core over CoAP/UDP, and with --bind URI over TCP, TLS and WebSockets too,\n"
+            "until Ctrl-C or SIGTERM."
         ),
         epilog=(
             "Without --bind the server listens on [::]:5683 (IPv6 and IPv4), or on 0.0.0.0:5683\n"
             "where IPv6 is unavailable.\n"
             "\n"
+            "--bind takes HOST[:PORT] or coap://HOST[:PORT] for UDP, coap+tcp:// and coaps+tcp:// for\n"
+            "TCP and TLS, coap+ws:// and coaps+ws:// for WebSockets over TCP and TLS (RFC 8323; the\n"
+            "WebSockets need pip install 'coapio[ws]'); a URI without a port takes its scheme's\n"
+            "default (5683, 5684, 80, 443). The coaps schemes need --cert FILE, the server's PEM\n"
+            "certificate chain, with its key in it or in --key FILE; --ca FILE makes TLS clients\n"
+            "present a certificate signed by that CA. The ready line names every address listened\n"
+            "on: UDP as HOST:PORT, the others as URIs. --workers serves UDP binds only.\n"
+            "\n"
             "exit status:\n"
             "  0    stopped by Ctrl-C (SIGINT) or SIGTERM\n"
             "  1    cannot bind an address (e.g. already in use)\n"
-            "  2    usage error (e.g. a malformed or unresolvable --bind)\n"
+            "  2    usage error (e.g. a malformed or unresolvable --bind, a coaps bind without --cert)\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--bind", metavar="HOST[:PORT]", action="append", default=[],
-        help="address to listen on (repeatable); IPv6 as [addr]:port; the port defaults to 5683",
+        "--bind", metavar="HOST[:PORT]|URI", action="append", default=[],
+        help="address to listen on (repeatable): HOST[:PORT] for UDP (IPv6 as [addr]:port; the port "
+        "defaults to 5683), or a URI: coap://, coap+tcp://, coaps+tcp://, coap+ws://, coaps+ws://",
+    )
+    parser.add_argument(
+        "--cert", metavar="FILE",
+        help="for coaps+tcp and coaps+ws binds (required there): the server's certificate chain (PEM), "
+        "with its key unless --key",
+    )
+    parser.add_argument("--key", metavar="FILE", help="the private key of --cert (PEM, unencrypted)")
+    parser.add_argument(
+        "--ca", metavar="FILE",
+        help="for coaps binds: require client certificates, signed by this CA (PEM)",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0,
-        help="log every request and response to stderr (-vv: also empty messages and every option)"
+        help="log every request and response over UDP to stderr (-vv: also empty messages and every "
+        "option)"
     )
     parser.add_argument(
         "--workers", metavar="N", type=_worker_count, default=1,
-        help="serve from N processes sharing the port (SO_REUSEPORT; one per core); default 1",
+        help="serve from N processes sharing the port (SO_REUSEPORT; one per core; UDP binds only); "
+        "default 1",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def _bind_text(binds: Sequence[tuple[str, int]]) -> str:
-    return ", ".join(format_address(b, unmap=False) for b in binds)
+def _bind_text(binds: Sequence[tuple[str, int] | str]) -> str:
+    """UDP addresses as ``host:port``, the other transports as the URIs they were given."""
+    return ", ".join(b if isinstance(b, str) else format_address(b, unmap=False) for b in binds)
+
+
+def parse_server_bind(text: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of a ``--bind``: ``HOST[:PORT]`` is UDP (``coap``), as is ``coap://…``;
+    ``coap+tcp://``, ``coaps+tcp://``, ``coap+ws://`` and ``coaps+ws://`` name the other transports, and
+    a URI without a port takes its scheme's default. Raise ValueError."""
+    if "://" not in text:
+        return ("coap", *parse_bind(text))
+    scheme, rest = text.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "coaps":
+        raise ValueError("coaps:// is CoAP over DTLS, which is not implemented; for TLS bind coaps+tcp:// "
+                         "or coaps+ws://")
+    if scheme != "coap" and scheme not in RELIABLE_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use HOST:PORT or coap://, "
+                         f"{', '.join(s + '://' for s in RELIABLE_SCHEMES)}")
+    rest = rest.rstrip("/")
+    if "/" in rest or "?" in rest:
+        raise ValueError("a --bind URI names an address only, not a path")
+    if not rest:
+        raise ValueError("no host (write e.g. 0.0.0.0 or [::])")
+    host, port = parse_bind(rest)
+    has_port = (rest.rsplit("]", 1)[-1] if rest.startswith("[") else rest).count(":") == 1
+    return scheme, host, port if has_port else DEFAULT_PORTS[scheme]
+
+
+def _uri(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://{format_address((host, port), unmap=False)}"
+
+
+def _announced(context: Context, udp: bool) -> str:
+    """What the ready line names: the UDP sockets as ``host:port`` (only when UDP was asked for: a context
+    always has one, an ephemeral one otherwise) and every other listener as its URI."""
+    names = []
+    for uri in context.local_uris:
+        if uri.startswith("coap://"):
+            if udp:
+                names.append(uri.removeprefix("coap://"))
+        else:
+            names.append(uri)
+    return ", ".join(names)
+
+
+def _server_ssl(args: argparse.Namespace, listen: Sequence[str]) -> ssl.SSLContext | None:
+    """The TLS context of the coaps binds in ``listen`` (URIs), from --cert, --key and --ca; raise
+    :class:`UsageError` for a coaps bind without --cert, TLS files without a coaps bind, or a file that
+    cannot be used. One context serves both coaps schemes: its ALPN list offers ``coap`` (coaps+tcp)
+    and ``http/1.1`` (the WebSocket handshake of coaps+ws) as the binds need."""
+    schemes = {uri.split("://", 1)[0] for uri in listen}
+    secure = [uri for uri in listen if uri.split("://", 1)[0] in TLS_SCHEMES]
+    given = [f"--{name}" for name in ("cert", "key", "ca") if getattr(args, name) is not None]
+    if not secure:
+        if given:
+            raise UsageError(f"{given[0]} is for coaps+tcp:// and coaps+ws:// binds, and there is none")
+        return None
+    if args.cert is None:
+        raise UsageError(f"--bind {secure[0]} needs --cert FILE (the server's PEM certificate chain; "
+                         "--key FILE unless the key is in it)")
+    context = tls_context(args.ca, args.cert, args.key, server=True)
+    alpn = (["coap"] if "coaps+tcp" in schemes else []) + (["http/1.1"] if "coaps+ws" in schemes else [])
+    context.set_alpn_protocols(alpn)
+    return context
 
 
 async def _until_supervisor_dies() -> None:
@@ -244,10 +345,14 @@ async def _until_supervisor_dies() -> None:
 
 
 async def _serve(
-    binds: list[tuple[str, int]], explicit: bool, *, worker: bool = False, verbose: int = 0
+    binds: list[tuple[str, int]], explicit: bool, *, worker: bool = False, verbose: int = 0,
+    listen: Sequence[str] = (), server_ssl: ssl.SSLContext | None = None,
 ) -> int:
     """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal (or,
     for a worker, for its supervisor to go away).
+
+    ``listen`` holds the URIs of the TCP, TLS and WebSocket listeners, ``server_ssl`` the TLS context of
+    the coaps ones; ``binds`` the UDP addresses (none: only the ephemeral socket every context has).
 
     The signal receiver stays installed until the context has closed, so a second Ctrl-C during the
     shutdown is absorbed instead of interrupting it half-way. With ``-v`` every datagram is logged.
@@ -257,23 +362,26 @@ async def _serve(
         async with contextlib.AsyncExitStack() as stack:
             while True:
                 try:
-                    context = await stack.enter_async_context(
-                        Context(bind=binds, site=site, reuse_port=worker)
-                    )
+                    if server_ssl is None:
+                        opening = Context(bind=[*binds, *listen], site=site, reuse_port=worker)
+                    else:
+                        opening = Context(bind=[*binds, *listen], site=site, reuse_port=worker,
+                                          server_ssl=server_ssl)
+                    context = await stack.enter_async_context(opening)
                 except BaseException as raised:
                     exc = unwrap(raised)
                     if not isinstance(exc, OSError):
                         raise
-                    if not explicit and binds == [DEFAULT_BIND] and exc.errno in (
+                    if not explicit and not listen and binds == [DEFAULT_BIND] and exc.errno in (
                         errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL
                     ):
                         binds = [FALLBACK_BIND]  # no IPv6 on this host
                         continue
                     reason = exc.strerror or str(exc)
                     if isinstance(exc, socket.gaierror):
-                        error_line(PROG, f"cannot resolve --bind {_bind_text(binds)}: {reason}")
+                        error_line(PROG, f"cannot resolve --bind {_bind_text([*binds, *listen])}: {reason}")
                         return EXIT_USAGE
-                    error_line(PROG, f"cannot bind {_bind_text(binds)}: {reason}")
+                    error_line(PROG, f"cannot bind {_bind_text([*binds, *listen])}: {reason}")
                     return EXIT_CANNOT_BIND
                 break
             if verbose:
@@ -281,7 +389,7 @@ async def _serve(
             if worker:
                 print("ready", flush=True)  # to the supervising process, which announces the server
             else:
-                addresses = _bind_text(context.local_addresses)
+                addresses = _announced(context, udp=bool(binds))
                 print(f"{PROG} listening on {addresses}", file=sys.stderr, flush=True)
             async with trio.open_nursery() as nursery:
 
@@ -406,19 +514,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error argparse has already reported
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    binds: list[tuple[str, int]] = []
+    binds: list[tuple[str, int]] = []  # UDP
+    listen: list[str] = []  # the other transports, as URIs
     for text in args.bind:
         try:
-            binds.append(parse_bind(text))
+            scheme, host, port = parse_server_bind(text)
         except ValueError as e:
             error_line(PROG, f"bad --bind {text!r}: {e}")
             return EXIT_USAGE
+        if scheme == "coap":
+            binds.append((host, port))
+        else:
+            listen.append(_uri(scheme, host, port))
+    try:
+        server_ssl = _server_ssl(args, listen)
+        if listen and args.workers > 1:
+            raise UsageError(
+                f"--workers shares UDP ports only, and --bind {listen[0]} is not UDP: serve TCP and "
+                "WebSockets from one process (drop --workers)"
+            )
+    except UsageError as e:
+        error_line(PROG, str(e))
+        return EXIT_USAGE
     setup_logging(args.verbose)
+    if not binds and not listen:
+        binds, explicit = [DEFAULT_BIND], False
+    else:
+        explicit = True
     try:
         if args.workers > 1:
-            return trio.run(_supervise, binds or [DEFAULT_BIND], bool(binds), args.workers, args.verbose)
+            return trio.run(_supervise, binds, explicit, args.workers, args.verbose)
         return trio.run(functools.partial(
-            _serve, binds or [DEFAULT_BIND], bool(binds), worker=args.worker, verbose=args.verbose
+            _serve, binds, explicit, worker=args.worker, verbose=args.verbose, listen=listen,
+            server_ssl=server_ssl,
         ))
     except BaseException as e:
         if is_keyboard_interrupt(e):  # Ctrl-C before the signal handler was installed

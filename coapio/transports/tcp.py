@@ -268,7 +268,8 @@ class _Conn:
         self.last_active = anyio.current_time()
         try:
             await self.link.send(out)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError):
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError,
+                ssl.SSLError):
             self.close()
             return False
         finally:
@@ -535,8 +536,12 @@ class ReliableTransport(Transport):
             raise NetworkError(f"TLS handshake with {_hostport(host, port)} failed: {e.reason or e}"
                                ) from None
         except OSError as e:
-            raise NetworkError(e.errno, f"cannot connect to {self.scheme}://{_hostport(host, port)}: "
-                               f"{e.strerror or e}") from None
+            cause = _first_os_error(e)
+            reason = os.strerror(cause.errno) if cause.errno else str(cause)
+            where = f"cannot connect to {self.scheme}://{_hostport(host, port)}: {reason}"
+            if cause.errno is None:
+                raise NetworkError(where) from None
+            raise NetworkError(cause.errno, where) from None
         conn = self._new_conn(link, stream, client=True)
         task_status.started(conn)
         assert self._events is not None
@@ -632,6 +637,19 @@ class ReliableTransport(Transport):
     @property
     def limit_hits(self) -> Mapping[str, int]:
         return self.limits.hits
+
+
+def _first_os_error(error: OSError) -> OSError:
+    """The OSError that says why: anyio's "All connection attempts failed" keeps the real ones (one per
+    address tried) in its cause."""
+    cause = error.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        for inner in cause.exceptions:
+            if isinstance(inner, OSError):
+                return inner
+    if isinstance(cause, OSError):
+        return cause
+    return error
 
 
 def _hostport(host: str, port: int) -> str:

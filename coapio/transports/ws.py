@@ -19,7 +19,9 @@ from .tcp import Link, ReliableTransport
 
 try:
     import wsproto
+    import wsproto.connection
     import wsproto.events as ws_events
+    import wsproto.utilities
 except ImportError:  # pragma: no cover - exercised by the "missing extra" test in a subprocess
     wsproto = None  # type: ignore[assignment]
 
@@ -88,8 +90,11 @@ class WebSocketLink(Link):
                     await self._write(self.ws.send(event.response()))
                 elif isinstance(event, ws_events.CloseConnection):
                     self._open = False
-                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        await self._write(self.ws.send(event.response()))
+                    if self.ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
+                        # Answer the peer's close (not an abrupt end, where wsproto has nothing to send).
+                        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                                 OSError, wsproto.utilities.LocalProtocolError):
+                            await self._write(self.ws.send(event.response()))
                     return out
                 elif isinstance(event, ws_events.TextMessage):
                     # §4.2: CoAP messages are binary; a text message is a protocol error (1003).
