@@ -14,9 +14,11 @@ Peers and what each speaks here:
   WebSockets +3001), so :func:`aiocoap_server` asks for the port that lands where it wants.
 
 For each pair: GET, Observe (several notifications, then deregistration), a 64 KiB PUT then GET that
-must come back byte-identical (block-wise over the reliable transport), and BERT: both peers announce
-Block-Wise-Transfer with a large Max-Message-Size in their CSM (they offer BERT), coapio does not (it
-does not implement BERT yet), and the tests prove that the transfers then go in ordinary 1 KiB blocks.
+must come back byte-identical (block-wise over the reliable transport), and BERT (RFC 8323 §6): every
+CSM, the peers' and coapio's, announces Block-Wise-Transfer with a Max-Message-Size over 1152, and the
+tests prove that the transfers then go in SZX 7 blocks of several KiB both ways (the peer's log, or the
+block options coapio's server saw and sent). aiocoap's first PUT on a new connection, whose first block
+it sends as BERT before it has seen coapio's CSM, is taken too.
 A certificate from a CA the client does not trust is refused, in both directions.
 
 Certificates are made with trustme for the module, in a temporary directory.
@@ -179,6 +181,31 @@ def _block_steps(progress: list[tuple[int, int | None]]) -> set[int]:
     return {b - a for a, b in zip([0, *done], done, strict=False) if b != a}
 
 
+def _assert_bert_steps(progress: list[tuple[int, int | None]]) -> None:
+    """The transfer went in BERT blocks: every block but the last several KiB, a multiple of 1 KiB (a
+    64 KiB body in 1 KiB blocks would take 64 steps)."""
+    done = [d for d, _ in progress]
+    steps = [b - a for a, b in zip([0, *done], done, strict=False) if b != a]
+    assert steps[-1:] and sum(steps) == BODY_SIZE, progress
+    assert all(step > 1024 and step % 1024 == 0 for step in steps[:-1]), steps
+    assert len(steps) <= BODY_SIZE // 2048, steps
+
+
+def _libcoap_blocks(log: str) -> list[tuple[str, str, str]]:
+    """(1 or 2, NUM, size) of every Block1/Block2 option libcoap logged; size "BERT" for SZX 7."""
+    return re.findall(r"Block([12]):(\d+)/[_M]/(\w+)", log)
+
+
+def _assert_libcoap_bert(blocks: list[tuple[str, str, str]], log: str) -> None:
+    """Block1 and Block2 were all BERT, their NUMs 0, k, 2k, ... up to 64 KiB with k > 1 KiB units."""
+    assert {n for n, _, _ in blocks} == {"1", "2"}, log[-3000:]
+    assert {size for _, _, size in blocks} == {"BERT"}, blocks
+    for which in "12":
+        nums = sorted({int(num) for n, num, _ in blocks if n == which})
+        step = nums[1] - nums[0]
+        assert step > 1 and nums == list(range(0, BODY_SIZE // 1024, step)), (which, nums)
+
+
 # =====================================================================================================
 # libcoap 4.3.1 (trio)
 # =====================================================================================================
@@ -333,11 +360,9 @@ async def test_coapio_client_puts_then_gets_64_kib_at_libcoap_server(scheme: str
 
 
 @pytest.mark.parametrize("scheme", LIBCOAP_SCHEMES)
-async def test_libcoap_server_offers_bert_and_coapio_client_gets_1_kib_blocks(
-    scheme: str, certs: Certs
-) -> None:
-    """libcoap's CSM announces Block-Wise-Transfer and 8 MiB messages (it offers BERT); coapio's does
-    not (no BERT yet), so libcoap falls back and both directions go in 1 KiB blocks."""
+async def test_coapio_client_and_libcoap_server_use_bert_both_ways(scheme: str, certs: Certs) -> None:
+    """Both CSMs announce Block-Wise-Transfer with a Max-Message-Size over 1152 (BERT, RFC 8323 §6):
+    the PUT goes up and the GET comes down in SZX 7 blocks of several KiB, byte-identical."""
     body = os.urandom(BODY_SIZE)
     async with libcoap_server(scheme, certs) as server, \
             Context(client_ssl=_coapio_client_ssl(scheme, certs.ca)) as ctx:
@@ -348,15 +373,15 @@ async def test_libcoap_server_offers_bert_and_coapio_client_gets_1_kib_blocks(
             await ctx.request(Context.build(Code.PUT, uri, payload=body), progress=lambda *p: up.append(p))
             got = await ctx.request(Context.build(Code.GET, uri), progress=lambda *p: down.append(p))
         assert got.payload == body
-        assert _block_steps(up) == {1024} and _block_steps(down) == {1024}, (up, down)
+        _assert_bert_steps(up)
+        _assert_bert_steps(down)
+        [conn] = _reliable_transport(ctx, scheme)._conns  # type: ignore[attr-defined]
+        assert conn.proto.bert
         log = server.output.text()
-        assert re.search(r"c:CSM i:0000 \{\} \[ Max-Message-Size:\d+, Block-Wise-Transfer: \]", log), log
         csms = re.findall(r"c:CSM i:0000 \{\} \[ ([^\]]*)\]", log)
-        assert any("Block-Wise-Transfer" not in csm for csm in csms), csms  # coapio's
-        assert "Remote end did not indicate CSM support for Block1 enabled" in log
-        assert "Remote end did not indicate CSM support for Block2 enabled" in log
-        sizes = set(re.findall(r"Block[12]:\d+/[_M]/(\w+)", log))
-        assert sizes == {"1024"}, sizes
+        assert len(csms) == 2 and all("Block-Wise-Transfer" in csm for csm in csms), csms  # both offer
+        assert "Remote end did not indicate CSM support" not in log
+        _assert_libcoap_bert(_libcoap_blocks(log), log)
 
 
 async def test_coapio_client_refuses_libcoap_certificate_from_another_ca(certs: Certs) -> None:
@@ -422,10 +447,10 @@ async def test_libcoap_client_puts_then_gets_64_kib_at_coapio_server(
 
 
 @pytest.mark.parametrize("scheme", LIBCOAP_SCHEMES)
-async def test_libcoap_client_offers_bert_and_uses_1_kib_blocks_with_coapio_server(
+async def test_libcoap_client_and_coapio_server_use_bert_both_ways(
     scheme: str, certs: Certs, tmp_path: pathlib.Path
 ) -> None:
-    """libcoap's client CSM offers BERT; coapio's does not (no BERT yet): every block is 1 KiB."""
+    """Both CSMs offer BERT: libcoap's PUT arrives and its GET is answered in SZX 7 blocks."""
     body = os.urandom(BODY_SIZE)
     sent, received = trio.Path(tmp_path / "sent.bin"), trio.Path(tmp_path / "received.bin")
     await sent.write_bytes(body)
@@ -438,12 +463,9 @@ async def test_libcoap_client_offers_bert_and_uses_1_kib_blocks_with_coapio_serv
     assert store.puts == [BODY_SIZE], output
     assert await received.read_bytes() == body
     csms = re.findall(r"c:CSM i:0000 \{\} \[ ([^\]]*)\]", output)
-    assert any("Block-Wise-Transfer" in csm for csm in csms), csms  # libcoap's
-    assert any("Block-Wise-Transfer" not in csm for csm in csms), csms  # coapio's
-    assert "Remote end did not indicate CSM support for Block1 enabled" in output
-    blocks = re.findall(r"Block([12]):\d+/[_M]/(\w+)", output)
-    assert {n for n, _ in blocks} == {"1", "2"}, output[-3000:]
-    assert {size for _, size in blocks} == {"1024"}, blocks
+    assert csms and all("Block-Wise-Transfer" in csm for csm in csms), csms  # both sides offer BERT
+    assert "Remote end did not indicate CSM support" not in output
+    _assert_libcoap_bert(_libcoap_blocks(output), output)
 
 
 async def test_libcoap_client_with_the_wrong_ca_fails_against_coapio_server(certs: Certs) -> None:
@@ -614,11 +636,11 @@ def test_coapio_client_observes_aiocoap_server_then_deregisters(scheme: str, cer
 
 
 @pytest.mark.parametrize("scheme", AIOCOAP_SCHEMES)
-def test_coapio_client_puts_then_gets_64_kib_at_aiocoap_server_in_1_kib_blocks(
+def test_coapio_client_puts_then_gets_64_kib_at_aiocoap_server_in_bert_blocks(
     scheme: str, certs: Certs
 ) -> None:
-    """aiocoap's CSM offers BERT (Block-Wise-Transfer, 1 MiB messages); coapio's does not (no BERT
-    yet): both directions go in 1 KiB blocks, and the body comes back byte-identical."""
+    """Both CSMs offer BERT (Block-Wise-Transfer, Max-Message-Size over 1152): both directions go in SZX 7
+    blocks of several KiB, and the body comes back byte-identical."""
 
     async def body() -> None:
         data = os.urandom(BODY_SIZE)
@@ -634,10 +656,11 @@ def test_coapio_client_puts_then_gets_64_kib_at_aiocoap_server_in_1_kib_blocks(
             got = await ctx.request(Context.build(Code.GET, uri), progress=lambda *p: down.append(p))
             assert got.code == Code.CONTENT
             assert got.payload == data
-            assert _block_steps(up) == {1024} and _block_steps(down) == {1024}, (up, down)
+            _assert_bert_steps(up)
+            _assert_bert_steps(down)
             [conn] = _reliable_transport(ctx, scheme)._conns  # type: ignore[attr-defined]
             assert conn.proto.peer_block_wise and conn.proto.peer_max_message_size > 1152  # offers BERT
-            assert not conn.proto.bert
+            assert conn.proto.bert
             assert _idle(ctx) == _IDLE
 
     run_on_asyncio(body)
@@ -700,11 +723,12 @@ def test_aiocoap_client_observes_coapio_server_and_its_leaving_ends_the_observat
 
 
 @pytest.mark.parametrize("scheme", AIOCOAP_SCHEMES)
-def test_aiocoap_client_puts_then_gets_64_kib_at_coapio_server_in_1_kib_blocks(
+def test_aiocoap_client_puts_then_gets_64_kib_at_coapio_server_in_bert_blocks(
     scheme: str, certs: Certs
 ) -> None:
-    """On a connection whose CSMs have been exchanged (a GET first), aiocoap follows coapio's CSM: no
-    Block-Wise-Transfer there, so 1 KiB blocks (SZX 6), and the body round-trips byte-identical."""
+    """On a connection whose CSMs have been exchanged (a GET first), aiocoap follows coapio's CSM, which
+    offers BERT: the PUT arrives and the GET is answered in SZX 7 blocks that fill coapio's announced
+    8320-byte messages, and the body round-trips byte-identical."""
 
     async def body() -> None:
         data = os.urandom(BODY_SIZE)
@@ -712,7 +736,8 @@ def test_aiocoap_client_puts_then_gets_64_kib_at_coapio_server_in_1_kib_blocks(
                 aiocoap_client(base, certs.ca) as client:
             first = await _arequest(client, aiocoap.GET, base + "/store")
             assert first.code == aiocoap.CONTENT
-            assert first.remote.maximum_block_size_exp == 6  # coapio's CSM said: no BERT
+            assert first.remote.maximum_block_size_exp == 7  # coapio's CSM offers BERT
+            exchanges = _record_exchanges(ctx, scheme)
             put = await _arequest(client, aiocoap.PUT, base + "/store", payload=data)
             assert put.code == aiocoap.CHANGED, (put, put.payload)
             assert store.puts == [BODY_SIZE]  # reassembled, rendered once
@@ -720,30 +745,76 @@ def test_aiocoap_client_puts_then_gets_64_kib_at_coapio_server_in_1_kib_blocks(
             assert got.code == aiocoap.CONTENT
             assert got.payload == data
             assert _idle(ctx) == _IDLE
+            _assert_bert_exchanges(exchanges)
 
     run_on_asyncio(body)
 
 
-#: aiocoap's first Block1 on a new connection is BERT (SZX 7), which coapio refuses.
-_BERT_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: coapio has no BERT. aiocoap picks its Block1 size before the peer's CSM arrives and then "
-    "assumes BERT (SZX 7 with 1 KiB of payload); coapio never announces Block-Wise-Transfer "
-    "(ReliableTransport._new_conn: block_wise=False) and answers SZX 7 with 4.00 'Block1: SZX 7 (BERT) "
-    "is not supported on this transport' (protocol/blockwise.py _check_szx), so aiocoap's first large "
-    "PUT on a new connection fails"))
+@attrs.define
+class Exchanges:
+    requests: list[Message] = attrs.Factory(list)  # as received, before reassembly
+    responses: list[Message] = attrs.Factory(list)  # as sent
 
 
-@pytest.mark.parametrize("scheme", [
-    *(pytest.param(scheme, marks=_BERT_BUG) for scheme in ("coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws")),
-])
+def _record_exchanges(ctx: Context, scheme: str) -> Exchanges:
+    """Every request coapio's server receives on ``scheme`` from now on, and every response it sends."""
+    transport = _reliable_transport(ctx, scheme)
+    events = ctx._events  # what the transports report requests to
+    received, respond = events.request_received, transport.respond  # type: ignore[attr-defined]
+    seen = Exchanges()
+
+    def receiving(endpoint: object, request: Message, now: float) -> None:
+        seen.requests.append(request.copy())
+        received(endpoint, request, now)
+
+    def responding(request: Message, response: Message | None, now: float, **kwargs: bool) -> None:
+        if response is not None:
+            seen.responses.append(response)
+        respond(request, response, now, **kwargs)
+
+    events.request_received = receiving  # type: ignore[method-assign, assignment]
+    transport.respond = responding  # type: ignore[attr-defined]
+    return seen
+
+
+def _assert_bert_exchanges(seen: Exchanges, *, first_block: int = 8192) -> None:
+    """A 64 KiB PUT then GET went in BERT blocks: every Block1 and Block2 is SZX 7, NUM counts KiB, and
+    the blocks after the first carry 8 KiB each (what 8320-byte messages hold)."""
+    block1 = [(request.opt.block1, len(request.payload)) for request in seen.requests
+              if request.opt.block1 is not None]
+    block2 = [(response.opt.block2, len(response.payload)) for response in seen.responses
+              if response.opt.block2 is not None]
+    for blocks in (block1, block2):
+        assert blocks and all(block.szx == 7 for block, _ in blocks), blocks
+        offset = 0
+        for i, (block, size) in enumerate(blocks):
+            assert block.num * 1024 == offset, blocks
+            assert block.more == (i < len(blocks) - 1), blocks
+            if block.more and i > 0:
+                assert size == 8192, blocks
+            offset += size
+        assert offset == BODY_SIZE, blocks
+    assert block1[0][1] == first_block, block1
+    assert len(block2) == 8, block2
+
+
+@pytest.mark.parametrize("scheme", AIOCOAP_SCHEMES)
 def test_aiocoap_client_puts_64_kib_on_a_new_connection_to_coapio_server(scheme: str, certs: Certs) -> None:
+    """aiocoap picks its first block before the peer's CSM arrives and assumes BERT: 1:0/1/BERT with
+    1 KiB. coapio announces BERT, so it takes that block, and the rest come as 8 KiB BERT blocks once
+    aiocoap has read coapio's CSM; the GET after it is answered in BERT blocks too."""
+
     async def body() -> None:
         data = os.urandom(BODY_SIZE)
-        async with coapio_server(scheme, certs) as (_ctx, base, store, _counter), \
+        async with coapio_server(scheme, certs) as (ctx, base, store, _counter), \
                 aiocoap_client(base, certs.ca) as client:
+            exchanges = _record_exchanges(ctx, scheme)
             put = await _arequest(client, aiocoap.PUT, base + "/store", payload=data)
             assert put.code == aiocoap.CHANGED, (put, put.payload)
             assert store.data == data
+            got = await _arequest(client, aiocoap.GET, base + "/store")
+            assert got.payload == data
+            _assert_bert_exchanges(exchanges, first_block=1024)
 
     run_on_asyncio(body)
 

@@ -8,8 +8,13 @@ Four pieces, one per role, each driven by the runtime with messages (and, on the
 * :class:`Block1Reassembler` — server, Block1: join the blocks of request bodies, bounded in memory.
 
 Nothing here touches a socket, a task or a clock. Message IDs are left ``None`` and tokens are copied from
-the request the caller passes in; the runtime assigns both for every block exchange. BERT (SZX 7, RFC 8323
-§6) is for reliable transports only and is not implemented yet: it is refused wherever it shows up.
+the request the caller passes in; the runtime assigns both for every block exchange.
+
+BERT (RFC 8323 §6, SZX 7) is for RFC 8323 connections on which both sides announced it in their CSM; the
+caller says so with a parameter (``bert``), so that UDP pays nothing and refuses SZX 7 as RFC 7959 §2.2
+asks. A BERT block's NUM counts 1 KiB units; a non-final BERT block carries a multiple of 1024 bytes, a
+final one any number. Where a parameter gives the peer's Max-Message-Size, a block carries as many 1 KiB
+units as fit in it besides the message's header and options (:func:`bert_payload_size`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "Complete",
     "Continue",
     "ReassemblyStats",
+    "bert_payload_size",
     "block_window",
     "blockwise_key",
     "derive_etag",
@@ -51,6 +57,11 @@ _BLOCK2 = int(OptionNumber.BLOCK2)
 _SIZE1 = int(OptionNumber.SIZE1)
 _SIZE2 = int(OptionNumber.SIZE2)
 _MAX_NUM = (1 << 20) - 1
+#: Bytes a BERT message needs besides its options and payload, counted at their largest: the TCP header
+#: (Len/TKL, a 4-byte extended length, the code), an 8-byte token (the runtime picks it later), the payload
+#: marker, and 12 bytes for options added after segmentation (a notification's Observe, a Block1
+#: acknowledgement: at most 6 bytes each).
+_BERT_RESERVE = 6 + 8 + 1 + 12
 
 
 # --- small helpers -------------------------------------------------------------------------------------
@@ -61,6 +72,18 @@ def block_window(payload: bytes, block: BlockValue) -> tuple[bytes, bool]:
     start = block.start
     end = start + block.size
     return payload[start:end], end < len(payload)
+
+
+def bert_payload_size(message: Message, max_message_size: int) -> int:
+    """The payload of one BERT block of ``message``: the whole 1 KiB units that fit in
+    ``max_message_size`` beside its header and options (RFC 8323 §6), and at least one.
+
+    ``message`` carries the options the block will carry (its payload is not counted). A message size
+    leaves room for the largest header and token, so the runtime may pick either later.
+    """
+    payload = len(message.payload)
+    overhead = message.wire_size - (payload + 1 if payload else 0) - 4 - len(message.token) + _BERT_RESERVE
+    return max(1, (max_message_size - overhead) >> 10) << 10
 
 
 def derive_etag(response: Message) -> bytes:
@@ -117,7 +140,8 @@ def _check_szx(block: BlockValue, where: str) -> None:
 # --- server, Block2 ------------------------------------------------------------------------------------
 
 
-def segment_response(request: Message, response: Message, *, max_szx: int = 6) -> Message:
+def segment_response(request: Message, response: Message, *, max_szx: int = 6,
+                     bert: int | None = None) -> Message:
     """The block of ``response`` that ``request`` asks for (RFC 7959 §2.4, §4; the examples of §3.1).
 
     Call it with the full rendered response of every request. The server stays stateless: each Block2
@@ -133,6 +157,12 @@ def segment_response(request: Message, response: Message, *, max_szx: int = 6) -
     * Only successful responses are segmented; an error's diagnostic passes through unchanged. A response
       that already carries Block2 was segmented by its resource and passes through too.
 
+    ``bert`` is the peer's Max-Message-Size when BERT is on for it (RFC 8323 §6), else None. Then a body
+    that fits in one message goes out unchanged, and a larger one, or any request with Block2 SZX 7,
+    gets a BERT block: NUM in 1 KiB units, as many of them as :func:`bert_payload_size` allows (Figure
+    15 of RFC 8323). A request with SZX 0-6 still gets the size it asked for. Without ``bert``, SZX 7 is
+    a 4.00 (RFC 7959 §2.2).
+
     A block past the end of the body raises :class:`BadRequest` (4.00): RFC 7959 names no code for it;
     4.00 is what §2.2 prescribes for an unusable Block value (SZX 7) and what libcoap and aiocoap send.
     Block 0 of an empty body is valid (an empty last block).
@@ -145,12 +175,15 @@ def segment_response(request: Message, response: Message, *, max_szx: int = 6) -
         return response
     body = response.payload
     if asked is None:
+        if bert is not None:
+            if len(body) <= bert_payload_size(response, bert):
+                return _with_size2(response) if size_requested else response
+            return _bert_block(response, 0, bert, size_requested)
         if len(body) <= 1 << (max_szx + 4):
-            if size_requested:
-                response = response.copy()
-                response.opt.size2 = len(body)
-            return response
+            return _with_size2(response) if size_requested else response
         block = BlockValue(0, False, max_szx)
+    elif asked.szx == 7 and bert is not None:
+        return _bert_block(response, asked.num, bert, size_requested)
     else:
         _check_szx(asked, "Block2")
         if asked.szx > max_szx:
@@ -168,6 +201,31 @@ def segment_response(request: Message, response: Message, *, max_szx: int = 6) -
         out.opt.size2 = len(body)
     if OptionNumber.ETAG not in out.opt:
         out.opt.etag = derive_etag(response)
+    return out
+
+
+def _with_size2(response: Message) -> Message:
+    response = response.copy()
+    response.opt.size2 = len(response.payload)
+    return response
+
+
+def _bert_block(response: Message, num: int, max_message_size: int, size_requested: bool) -> Message:
+    """BERT block ``num`` (in 1 KiB units) of ``response``: as many units as fit the message size."""
+    body = response.payload
+    start = num << 10
+    if start >= len(body) and num:
+        raise BadRequest(f"block {num} is past the end of the {len(body)}-byte body")
+    out = response.copy(payload=b"")
+    out.opt.block2 = BlockValue(num, False, 7)  # the M bit does not change the option's length
+    if num == 0 or size_requested:
+        out.opt.size2 = len(body)
+    if OptionNumber.ETAG not in out.opt:
+        out.opt.etag = derive_etag(response)
+    end = start + bert_payload_size(out, max_message_size)
+    if end < len(body):
+        out.opt.block2 = BlockValue(num, True, 7)
+    out.payload = body[start:end]
     return out
 
 
@@ -192,14 +250,22 @@ class Block2Assembler:
     so a hostile server cannot exhaust memory; the ETag stays the same. An ETag change means the
     representation changed under us (§2.4): we start over from block 0 up to ``max_restarts`` times.
     A response without Block2 or with a non-success code ends the transfer and is returned as it is.
+
+    ``bert``: BERT is on for the connection (RFC 8323 §6), so a block may be SZX 7: NUM counts 1 KiB
+    units, a non-final block carries a non-zero multiple of 1024 bytes, a final one any number, and the
+    next request asks for the NUM after the bytes received, still at SZX 7 (Figure 15 of RFC 8323).
+    A server may answer a request for SZX 6 with BERT: SZX 7 only adds the capability (§6). Without
+    ``bert``, SZX 7 is rejected.
     """
 
     def __init__(
-        self, request: Message, *, max_body: int, preferred_szx: int | None = None, max_restarts: int = 1
+        self, request: Message, *, max_body: int, preferred_szx: int | None = None, max_restarts: int = 1,
+        bert: bool = False,
     ):
         if preferred_szx is not None and not 0 <= preferred_szx <= 6:
             raise ValueError(f"preferred_szx must be 0..6, got {preferred_szx}")
         self._request = request
+        self._bert = bert
         self._max_body = max_body
         self._preferred = preferred_szx
         self._max_restarts = max_restarts
@@ -241,7 +307,7 @@ class Block2Assembler:
         if block is None or not response.code.is_successful():
             self._done = True
             return response
-        if block.szx == 7:
+        if block.szx == 7 and not self._bert:
             raise ResponseRejected("Block2 with SZX 7 (BERT) on a transport without BERT")
         etag = response.opt.etag
         if self._first is not None and etag != self._etag:
@@ -255,10 +321,15 @@ class Block2Assembler:
         offset = len(self._buffer)
         if block.start != offset:
             raise ResponseRejected(f"asked for the block at byte {offset}, got one at byte {block.start}")
-        if self._asked is not None and block.szx > self._asked.szx:
-            raise ResponseRejected(f"server raised the block size from SZX {self._asked.szx} to {block.szx}")
+        asked = self._asked
+        if asked is not None and block.szx > asked.szx and not (block.szx == 7 and asked.szx == 6):
+            raise ResponseRejected(f"server raised the block size from SZX {asked.szx} to {block.szx}")
         payload = response.payload
-        if len(payload) > block.size or (block.more and len(payload) != block.size):
+        if block.szx == 7:
+            if block.more and (not payload or len(payload) & 1023):
+                raise ResponseRejected(
+                    f"a non-final BERT block of {len(payload)} bytes (not a multiple of 1024)")
+        elif len(payload) > block.size or (block.more and len(payload) != block.size):
             raise ResponseRejected(f"a block of {len(payload)} bytes; the block size is {block.size}")
         size2 = response.opt.size2
         if size2 is not None and size2 > self._max_body:
@@ -272,7 +343,7 @@ class Block2Assembler:
         if block.more:
             # The server's size, or ours if smaller: late negotiation (§2.4, §3.1).
             szx = block.szx if self._preferred is None else min(block.szx, self._preferred)
-            num = len(self._buffer) >> (szx + 4)
+            num = len(self._buffer) >> (min(szx, 6) + 4)
             if num > _MAX_NUM:
                 raise ResponseRejected("block number beyond 2**20 - 1")
             self._next = BlockValue(num, False, szx)
@@ -310,9 +381,14 @@ class Block1Sender:
     other than 2.31 whose Block1 has M set also continues (a server acting on blocks as they come, §2.3).
     4.13 with a Block1 of a smaller SZX restarts the body at that size (§2.5, §2.9.3). Anything else —
     success on the last block, 4.08, 4.13 without a smaller size, any error — ends the transfer.
+
+    ``bert`` is the peer's Max-Message-Size when BERT is on for the connection (RFC 8323 §6); ``szx`` is
+    then ignored and every block is SZX 7 with as many 1 KiB units as fit (:func:`bert_payload_size`),
+    NUM advancing by the units sent (Figure 16 of RFC 8323). A server that acknowledges with SZX 0-6
+    declines BERT: the body continues after the bytes acknowledged, at its size.
     """
 
-    def __init__(self, request: Message, *, szx: int, request_tag: bytes | None):
+    def __init__(self, request: Message, *, szx: int, request_tag: bytes | None, bert: int | None = None):
         if not 0 <= szx <= 6:
             raise ValueError(f"szx must be 0..6, got {szx}")
         if request_tag is not None and len(request_tag) > 8:
@@ -320,22 +396,33 @@ class Block1Sender:
         self._request = request
         self._body = request.payload
         self._tag = request_tag
-        self._szx = szx
-        self._sent = BlockValue(0, False, szx)
+        self._bert = bert
+        self._szx = szx if bert is None else 7
+        self._sent = BlockValue(0, False, self._szx)
+        self._sent_bytes = 0
         self.final_response: Message | None = None
         self.restarts = 0
 
     def _block_request(self, block: BlockValue) -> Message:
-        chunk, more = block_window(self._body, block)
-        self._sent = BlockValue(block.num, more, block.szx)
-        out = self._request.copy(mid=None, payload=chunk)
-        out.opt.block1 = self._sent
+        out = self._request.copy(mid=None, payload=b"")
+        out.opt.block1 = block  # the options as they will be, for the BERT size (M keeps the length)
         if block.num == 0:
             out.opt.size1 = len(self._body)
         else:
             out.opt.remove(_SIZE1)
         if self._tag is not None:
             out.opt.request_tags = (self._tag,)
+        start = block.start
+        if block.szx == 7:
+            assert self._bert is not None
+            end = start + bert_payload_size(out, self._bert)
+        else:
+            end = start + block.size
+        out.payload = chunk = self._body[start:end]
+        self._sent = BlockValue(block.num, end < len(self._body), block.szx)
+        self._sent_bytes = len(chunk)
+        if self._sent.more:
+            out.opt.block1 = self._sent
         return out
 
     def first_request(self) -> Message:
@@ -365,14 +452,14 @@ class Block1Sender:
         if not sent.more:
             raise ResponseRejected("the server asked to continue after the last block")
         if acked is not None:
-            if acked.szx == 7:
+            if acked.szx == 7 and self._bert is None:
                 raise ResponseRejected("Block1 with SZX 7 (BERT) on a transport without BERT")
             if acked.num != sent.num and acked.start != sent.start:
                 raise ResponseRejected(f"the server acknowledged block {acked.num}, not {sent.num}")
             if acked.szx < self._szx:
                 self._szx = acked.szx
-        offset = sent.start + sent.size
-        return self._block_request(BlockValue(offset >> (self._szx + 4), False, self._szx))
+        offset = sent.start + self._sent_bytes
+        return self._block_request(BlockValue(offset >> (min(self._szx, 6) + 4), False, self._szx))
 
     @property
     def needs_block2(self) -> bool:
@@ -469,7 +556,12 @@ class Block1Reassembler:
     * :class:`ServiceUnavailable` (5.03) with Max-Age — ``max_transfers`` are in progress, or
       ``max_per_peer`` of this client's (so that one client cannot take every slot for a lifetime);
       RFC 9175 §3.3 suggests exactly this, with Max-Age saying when the oldest transfer expires.
-    * :class:`BadRequest` (4.00) — SZX 7, or a non-final block that is not exactly one block long.
+    * :class:`BadRequest` (4.00) — SZX 7 without ``bert``, or a non-final block that is not exactly one
+      block long (with BERT: not a non-zero multiple of 1024 bytes).
+
+    ``feed(..., bert=True)`` for a request from a connection with BERT on (RFC 8323 §6): an SZX 7 block
+    starts at NUM·1024 and is acknowledged with SZX 7 and its own NUM (Figure 16 of RFC 8323), unless
+    ``max_szx`` asks the client for smaller blocks.
 
     Idle transfers expire after ``lifetime`` (RFC 7959 §2.5 lets a server discard a partial body after
     EXCHANGE_LIFETIME; a shorter lifetime is allowed). Expiry is lazy, on every call, from the front of an
@@ -568,17 +660,21 @@ class Block1Reassembler:
 
     # --- the state machine ---
 
-    def feed(self, request: Message, now: float) -> Continue | Complete:
+    def feed(self, request: Message, now: float, *, bert: bool = False) -> Continue | Complete:
         """Take a request carrying Block1; see the class docstring for the outcomes."""
         block = request.opt.block1
         if block is None:
             raise ValueError("feed() takes requests that carry Block1")
         self.expire(now)
-        if block.szx == 7:
-            self._rejected += 1
-            _check_szx(block, "Block1")
         payload = request.payload
-        if len(payload) > block.size or (block.more and len(payload) != block.size):
+        if block.szx == 7:
+            if not bert:
+                self._rejected += 1
+                _check_szx(block, "Block1")
+            if block.more and (not payload or len(payload) & 1023):
+                raise self._reject(
+                    BadRequest(f"a non-final BERT block of {len(payload)} bytes (not a multiple of 1024)"))
+        elif len(payload) > block.size or (block.more and len(payload) != block.size):
             raise self._reject(BadRequest(f"block of {len(payload)} bytes; the block size is {block.size}"))
         key = blockwise_key(request)
         size1 = request.opt.size1
@@ -640,7 +736,8 @@ class Block1Reassembler:
         # Echo the block received; a smaller SZX is our preference for the following blocks (§2.5). The
         # number stays the client's, as in RFC 7959 §3.2's late-negotiation PUT ("1:0/1/128" is answered
         # "2.31 Continue, 1:0/1/32" and the client goes on with 1:4/1/32).
-        szx = min(block.szx, self.max_szx)
+        # A BERT block is acknowledged as BERT when we take 1 KiB blocks (SZX 7 is SZX 6 plus BERT).
+        szx = 7 if block.szx == 7 and self.max_szx == 6 else min(block.szx, self.max_szx)
         ack = BlockValue(block.num, True, szx)
         return Continue(Message(code=Code.CONTINUE, opt=Options([(_BLOCK1, ack.encode())])))
 

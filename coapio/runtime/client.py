@@ -17,7 +17,7 @@ from types import TracebackType
 import anyio
 import anyio.lowlevel
 
-from ..protocol.blockwise import Block1Sender, Block2Assembler
+from ..protocol.blockwise import Block1Sender, Block2Assembler, bert_payload_size
 from ..protocol.codes import Code
 from ..protocol.message import Message
 from ..protocol.observe import OBSERVE_REGISTER
@@ -45,10 +45,19 @@ class RequestPath:
 
         Cancellation ends the transfer where it is: the block in flight is released (no retransmission,
         its token freed) and no further block is sent.
+
+        BERT (RFC 8323 §6), when the transport has it for the request's peer: a body that fits in one
+        message goes without Block1, a larger one in SZX 7 blocks of several KiB.
         """
         settings = tuning or self.tuning
-        if len(message.payload) > 1 << (settings.block_szx + 4):
-            sender = Block1Sender(message, szx=settings.block_szx, request_tag=os.urandom(4))
+        size = len(message.payload)
+        bert = None
+        block1 = size > 1 << (settings.block_szx + 4)
+        if block1:
+            bert = _bert(transport, message, settings)
+            block1 = bert is None or size > bert_payload_size(message, bert)
+        if block1:
+            sender = Block1Sender(message, szx=settings.block_szx, request_tag=os.urandom(4), bert=bert)
             total = len(message.payload)
             step: Message | None = sender.first_request()
             while step is not None:
@@ -82,7 +91,8 @@ class RequestPath:
         Cancellation: as for :meth:`request`.
         """
         settings = tuning or self.tuning
-        assembler = Block2Assembler(request, max_body=settings.max_body_size)
+        assembler = Block2Assembler(request, max_body=settings.max_body_size,
+                                    bert=_bert(transport, first, settings) is not None)
         total = first.opt.size2
         received = len(first.payload)
         whole = assembler.feed(first)
@@ -109,6 +119,12 @@ class RequestPath:
             return await pipe.response()
         finally:
             self._tokens.release(pipe)
+
+
+def _bert(transport: Transport, message: Message, settings: TransportTuning) -> int | None:
+    """BERT's message size for ``message``'s peer, or None. A ``block_szx`` below 6 asks for small
+    blocks, which BERT (1 KiB units) would not give."""
+    return transport.bert_message_size(message.remote) if settings.block_szx == 6 else None
 
 
 class ResponseStream:

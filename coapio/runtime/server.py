@@ -183,7 +183,9 @@ class ServerDispatch:
                 return self._respond(endpoint, request, Message(code=Code.PROXYING_NOT_SUPPORTED), now)
             if OptionNumber.BLOCK1 in opt:
                 try:
-                    result = self.reassembler.feed(request, now)
+                    # BERT (RFC 8323 §6): SZX 7 is valid only from a connection whose CSMs announced it.
+                    bert = endpoint.bert_message_size(request.remote) is not None
+                    result = self.reassembler.feed(request, now, bert=bert)
                 except error.RenderableError as e:
                     if isinstance(e, error.ServiceUnavailable | error.RequestEntityTooLarge):
                         self.limits.hit("block-wise reassembly", now, "%s from %r", e, request.remote)
@@ -197,10 +199,7 @@ class ServerDispatch:
                 if block is not None and block.num > 0:
                     cached = self.reassembler.cached_response(request, now)
                     if cached is not None:
-                        size = 1 << (min(block.szx, self.tuning.block_szx) + 4)
-                        if (block.num + 1) * size >= len(cached.payload):
-                            self.reassembler.forget_response(request)  # its last block goes out now
-                        return self._respond(endpoint, request, cached, now, full=True)
+                        return self._respond(endpoint, request, cached, now, full=True, cached=True)
                     if request.code not in _SAFE_METHODS:
                         # A later block of a response to a request that must not run twice, and the
                         # response is gone: RFC 7959 §2.7 leaves only "incomplete" as the answer.
@@ -372,26 +371,34 @@ class ServerDispatch:
         if complete is not None:
             block2 = request.opt.block2
             size = self._block_size if block2 is None else min(block2.size, self._block_size)
-            if response.code.is_successful() and len(response.payload) > size:
-                # Only a response with a Block2 phase to come is kept (and takes a transfer slot).
-                self.reassembler.remember_response(request, response, now)
-            self._respond(endpoint, request, response, now, full=True, complete=complete)
+            # Only a response that may have a Block2 phase to come is kept (and takes a transfer slot);
+            # _respond forgets it at once when it went in one message after all (BERT).
+            cached = (response.code.is_successful() and len(response.payload) > size
+                      and self.reassembler.remember_response(request, response, now))
+            self._respond(endpoint, request, response, now, full=True, complete=complete, cached=cached)
         else:
             self._respond(endpoint, request, response, now, full=True)
 
     def _respond(self, endpoint: Transport, request: Message, response: Message, now: float, *,
-                 full: bool = False, complete: Complete | None = None) -> None:
+                 full: bool = False, complete: Complete | None = None, cached: bool = False) -> None:
+        """Segment (``full``: the whole rendered response), acknowledge Block1, and send. ``cached``: the
+        response is kept for its Block2 phase (RFC 7959 §2.7) and is forgotten once its last block goes."""
         items = request.opt._items
         # Block2 and No-Response are the highest-numbered request options these checks read.
         plain = not items or items[-1][0] < _LOWEST_SPECIAL
         try:
             if full and (len(response.payload) > self._block_size
                          or (not plain and OptionNumber.BLOCK2 in request.opt)):
-                response = segment_response(request, response, max_szx=self.tuning.block_szx)
+                response = segment_response(request, response, max_szx=self.tuning.block_szx,
+                                            bert=endpoint.bert_message_size(request.remote))
             if complete is not None:
                 response = complete.acknowledge(response)
         except error.RenderableError as e:
             response = error_response(e)
+        if cached:
+            block2 = response.opt.block2
+            if block2 is None or not block2.more:
+                self.reassembler.forget_response(request)  # its last block goes out now
         raw = None if plain else request.opt.get(OptionNumber.NO_RESPONSE)
         if raw and int.from_bytes(raw, "big") & _NO_RESPONSE_BITS.get(response.code >> 5, 0):
             # RFC 7967: the client wants no response of this class; a CON is still acknowledged.
@@ -549,7 +556,8 @@ class ServerDispatch:
             # A notification larger than a block carries its first block (RFC 7959 §2.6), in the size the
             # observer asked for at registration. Segment first: the table tracks what is really sent.
             if len(response.payload) > self._block_size or OptionNumber.BLOCK2 in observer.request.opt:
-                response = segment_response(observer.request, response, max_szx=self.tuning.block_szx)
+                response = segment_response(observer.request, response, max_szx=self.tuning.block_szx,
+                                            bert=endpoint.bert_message_size(observer.remote))
         except error.RenderableError as e:
             response = error_response(e)
         message = self.observers.prepare_notification(observer, response, now)

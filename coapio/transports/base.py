@@ -125,6 +125,15 @@ class Transport(abc.ABC):
         """Ask ``peer`` for a sign of life (a CoAP ping over UDP); returns the ping, whose failure arrives
         as ``failed(ping, ...)`` and whose answer needs no report."""
 
+    def bert_message_size(self, peer: Peer) -> int | None:
+        """The largest message to use for BERT blocks (RFC 8323 §6) with ``peer``, or None: no BERT.
+
+        Only RFC 8323 connections on which both CSMs announced Block-Wise-Transfer with a Max-Message-Size
+        above 1152 have BERT; the runtime passes this to the block-wise state machines, which then use
+        SZX 7 with as many 1 KiB units as fit. None (the default: UDP, DTLS) keeps SZX 7 refused.
+        """
+        return None
+
     async def drain(self) -> None:
         """Write what is queued (the Context calls it on exit, between the token manager's shutdown —
         which queues deregistrations — and cancelling the transports). The Context bounds the wait;

@@ -41,6 +41,7 @@ from ..protocol.reliable import (
     AbortReceived,
     Connection,
     ConnectionClosed,
+    CsmReceived,
     MessageReceived,
     PongReceived,
     ProtocolViolation,
@@ -177,6 +178,7 @@ class _Conn:
         self.local = local[:2]
         self.closed = False
         self.released = False  # the peer sent a Release: finish what is in flight, start nothing new
+        self.settled = anyio.Event()  # the peer's CSM arrived (its limits and BERT are known), or the end
         self.outstanding: set[bytes] = set()  # tokens of our requests in flight (client side)
         self.pings: dict[bytes, tuple[float, Message]] = {}  # token -> (deadline, the ping's Message)
         self.answered: set[int] = set()  # id() of the requests answered in the current batch
@@ -223,6 +225,7 @@ class _Conn:
                     log.exception("%r failed: %s", self, e)
         finally:
             self.closed = True
+            self.settled.set()
             self.transport._forget(self)
             with anyio.CancelScope(shield=True):
                 if not self._sending:
@@ -291,6 +294,8 @@ class _Conn:
                 events.response_received(message, now)
                 if self.released and not self.outstanding:
                     self.close()  # the peer released the connection and nothing is left in flight
+        elif isinstance(event, CsmReceived):
+            self.settled.set()
         elif isinstance(event, PongReceived):
             ping = self.pings.pop(event.token, None)
             if ping is not None:
@@ -458,7 +463,8 @@ class ReliableTransport(Transport):
     def _new_conn(self, link: Link, stream: anyio.abc.ByteStream, *, client: bool) -> _Conn:
         now = anyio.current_time()
         proto = Connection(client=client, websocket=link.websocket,
-                           max_message_size=self.tuning.max_message_size, block_wise=False,
+                           max_message_size=self.tuning.max_message_size,
+                           block_wise=self.tuning.block_szx == 6,  # with a size over 1152: BERT
                            csm_timeout=self.tuning.handshake_timeout, now=now)
         remote = _address(stream, anyio.abc.SocketAttribute.remote_address)
         local = _address(stream, anyio.abc.SocketAttribute.local_address)
@@ -486,13 +492,16 @@ class ReliableTransport(Transport):
 
     async def resolve(self, scheme: str, host: str, port: int) -> Peer | None:
         """The pooled connection to ``host:port`` (opened on first use, with its TLS and WebSocket
-        handshakes); cancellation abandons an opening connection. Raises NetworkError when it fails."""
+        handshakes), once the peer's CSM arrived: a request's size and block-wise transfer (BERT)
+        follow it. Cancellation abandons an opening connection. Raises NetworkError when it fails."""
         if scheme != self.scheme:
             return None
         key = (host, port)
         while True:
             pooled = self._pool.get(key)
             if pooled is not None and not pooled.closed and not pooled.proto.closed and not pooled.released:
+                if not pooled.settled.is_set():
+                    await self._settle(pooled)
                 return pooled.peer
             pending = self._connecting.get(key)
             if pending is None:
@@ -508,8 +517,16 @@ class ReliableTransport(Transport):
             del self._connecting[key]
             done.set()
         self._pool[key] = conn
+        await self._settle(conn)
         peer: Peer = conn.peer
         return peer
+
+    @staticmethod
+    async def _settle(conn: _Conn) -> None:
+        """Wait for the peer's CSM on ``conn`` (bounded by the connection's CSM deadline)."""
+        await conn.settled.wait()
+        if conn.closed or conn.proto.closed:
+            raise NetworkError(f"the connection to {conn.peer} closed before its CSM arrived")
 
     async def _client_connection(self, host: str, port: int, *,
                                  task_status: anyio.abc.TaskStatus[_Conn]) -> None:
@@ -612,6 +629,15 @@ class ReliableTransport(Transport):
         conn = peer.connection if isinstance(peer, Peer) else None
         if isinstance(conn, _Conn):
             conn.outstanding.discard(message.token)
+
+    def bert_message_size(self, peer: Peer) -> int | None:
+        """The smaller of the peer's Max-Message-Size and ours, when both CSMs announced BERT: blocks as
+        large as the peer allows, but never larger than we take ourselves, so that one block does not
+        hold the connection up for long."""
+        conn = peer.connection if isinstance(peer, Peer) else None
+        if not isinstance(conn, _Conn) or not conn.proto.bert:
+            return None
+        return min(conn.proto.peer_max_message_size, self.tuning.max_message_size)
 
     def ping(self, peer: Peer) -> Message:
         conn = peer.connection
