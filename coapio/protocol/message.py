@@ -8,6 +8,7 @@ otherwise drop silently). The decoder is on every server's hot path, so it works
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import attrs
@@ -26,6 +27,11 @@ Remote = Any
 _CODES = Code._value2member_map_
 _TYPES = (Type.CON, Type.NON, Type.ACK, Type.RST)
 _RESET, _DROP = WireAction.RESET, WireAction.DROP
+
+
+@functools.lru_cache(maxsize=1024)  # Message(uri=...) on every request: one Peer per destination
+def _peer(scheme: str, host: str, port: int) -> Peer:
+    return Peer(scheme, (host, port))
 
 
 @attrs.define(slots=True, eq=True, init=False, repr=False)
@@ -111,7 +117,7 @@ class Message:
         parts = split_uri(uri)
         uri_host, uri_port = uri_options(parts)
         self.scheme = parts.scheme
-        self.remote = Peer(parts.scheme, (parts.host, parts.port))
+        self.remote = _peer(parts.scheme, parts.host, parts.port)
         opt = self.opt
         opt.uri_host = uri_host
         opt.uri_port = uri_port

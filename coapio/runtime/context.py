@@ -12,6 +12,7 @@ server (requests) through the :class:`~coapio.transports.base.TransportEvents` t
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -49,6 +50,8 @@ Bind = str | tuple[str, int]
 _NOT_YET = {
     "coaps": "CoAP over DTLS",
 }
+#: Datagram routes remembered (a request's Peer as written -> the transport and the Peer it reaches).
+_MAX_ROUTES = 1024
 #: Seconds the Context's exit waits for transports to write what its shutdown queued.
 _DRAIN_TIMEOUT = 1.0
 #: The RFC 8323 schemes: a client transport for each is started on first use.
@@ -170,6 +173,7 @@ class Context:
         self._transports: list[Transport] = []
         self._by_scheme: dict[str, list[Transport]] = {}
         self._starting: dict[str, anyio.Event] = {}
+        self._routes: dict[Peer, tuple[Transport, Peer]] = {}  # see _route
         self._events: _Events | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -369,9 +373,14 @@ class Context:
         caller is cancelled, retransmission stops, the token is freed at once, and nothing more is sent
         for this request.
         """
-        _check_request(message)
+        return await self._request(message.copy(mid=None), tuning, progress)
+
+    async def _request(self, request: Message, tuning: TransportTuning | None,
+                       progress: Callable[[int, int | None], None] | None = None) -> Message:
+        """:meth:`request` for a message of our own (the shortcuts build one: no copy needed)."""
+        _check_request(request)
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller sends nothing at all
-        request = message.copy(mid=None)
+        request.mid = None
         transport = await self._route(request)
         return await self._path.request(transport, request, tuning, progress)
 
@@ -430,7 +439,7 @@ class Context:
         ``options`` adds raw options, e.g. ``[(OptionNumber.ETAG, b"v1")]``; ``con=False`` sends NON.
         """
         message = self.build(Code.GET, uri, accept=accept, con=con, options=options)
-        return await self.request(message, tuning=tuning)
+        return await self._request(message, tuning)
 
     async def delete(
         self,
@@ -441,7 +450,7 @@ class Context:
         tuning: TransportTuning | None = None,
     ) -> Message:
         """DELETE ``uri``. Errors and cancellation as for :meth:`request`."""
-        return await self.request(self.build(Code.DELETE, uri, con=con, options=options), tuning=tuning)
+        return await self._request(self.build(Code.DELETE, uri, con=con, options=options), tuning)
 
     async def post(self, uri: str, payload: bytes = b"", **kwargs: Unpack[_BodyArgs]) -> Message:
         """POST ``payload`` to ``uri``; keywords as for :meth:`put`. Cancellation as for :meth:`request`."""
@@ -473,7 +482,7 @@ class Context:
             content_format=kwargs.get("content_format"), accept=kwargs.get("accept"),
             con=kwargs.get("con", True), options=kwargs.get("options", ()),
         )
-        return await self.request(message, tuning=kwargs.get("tuning"))
+        return await self._request(message, kwargs.get("tuning"))
 
     @staticmethod
     def build(
@@ -510,6 +519,13 @@ class Context:
             scheme, address = request.scheme, remote
         else:
             raise ValueError(f"no destination: message.remote is {remote!r} (set it, or pass uri=)")
+        routes = self._routes
+        if routes:
+            cached = routes.get(remote)
+            if cached is not None and not cached[0].closed:
+                request.remote = cached[1]
+                request.scheme = scheme
+                return cached[0]
         if self._schemes is not None and scheme not in self._schemes:
             raise error.NoTransport(f"this Context sends requests over {', '.join(sorted(self._schemes))} "
                                     f"only; the {scheme}:// request was not sent")
@@ -528,6 +544,12 @@ class Context:
         for transport in candidates:
             peer = await transport.resolve(scheme, host, port)
             if peer is not None:
+                if isinstance(transport, UDPTransport) and isinstance(remote, Peer) and _is_ip_literal(host):
+                    # A datagram route to an address is fixed for the socket's life: asked on every
+                    # request, so kept (a name is resolved again each time; connections may close).
+                    if len(routes) >= _MAX_ROUTES:
+                        routes.clear()
+                    routes[remote] = (transport, peer)
                 request.remote = peer
                 request.scheme = scheme
                 return transport
@@ -561,6 +583,17 @@ class _StreamOpener:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._stream.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip_literal(host: str) -> bool:
+    for family in (socket.AF_INET6, socket.AF_INET):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def _parse_endpoint(item: Bind) -> tuple[str, str, int]:
