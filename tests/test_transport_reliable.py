@@ -336,3 +336,22 @@ async def test_leaving_the_client_context_deregisters_over_each_scheme(scheme: s
                 obs = client.observe(base + "/counter")
                 await obs.__aenter__()  # left open: the Context's exit deregisters it
             await deregistered.wait()
+
+
+@pytest.mark.parametrize("garbage", [b"garbage\r\n\r\n", b"GET /.well-known/coap HTTP/1.1\r\nHost: x\r\n\r\n",
+                                     b"GET /\xff HTTP/1.1\r\n\r\n"])
+async def test_a_bad_websocket_handshake_costs_that_connection_only(garbage: bytes) -> None:
+    """Malformed HTTP, a GET without Upgrade, a non-ASCII target: the server closes that connection and
+    goes on serving (the handshake's errors never reach the transport's task group)."""
+    pytest.importorskip("wsproto")
+    site, _, _, _ = _site()
+    async with Context(bind=["coap+ws://127.0.0.1:0"], site=site) as server, Context() as client:
+        base = server.local_uris[-1]
+        port = int(base.rsplit(":", 1)[1])
+        with trio.fail_after(10):
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                raw.settimeout(5)
+                raw.sendall(garbage)
+                while await trio.to_thread.run_sync(raw.recv, 4096):
+                    pass  # whatever the answer, the server closes the connection
+            assert (await client.get(base + "/counter")).payload == b"0"

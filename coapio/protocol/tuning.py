@@ -94,8 +94,10 @@ class TransportTuning:
     #: Seconds a new connection has to finish its TCP/TLS/WebSocket handshake and send its CSM; a peer
     #: that connects and sends nothing is dropped after it.
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
-    #: Seconds a connection with nothing in flight stays open (a client's pooled connection, a server's
-    #: silent client), and how long a Ping (``poke()``) waits for its Pong.
+    #: Seconds a client's pooled connection with nothing in flight stays open, and the longest one write
+    #: may block (a peer that stops reading loses its connection then); how long a Ping (``poke()``)
+    #: waits for its Pong. A server keeps a quiet client's connection (an observer may be waiting), within
+    #: ``max_connections`` and ``max_connections_per_peer``.
     idle_timeout: float = attrs.field(default=120.0, validator=_positive)
     ping_timeout: float = attrs.field(default=10.0, validator=_positive)
 

@@ -30,9 +30,10 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.streams.stapled
 from anyio.streams.tls import TLSStream
 
-from ..error import CoapError, NetworkError, RequestTimedOut
+from ..error import NetworkError, RequestTimedOut
 from ..protocol._limits import LimitLog
 from ..protocol.codes import Code, Type
 from ..protocol.message import Message
@@ -54,7 +55,7 @@ __all__ = ["Link", "ReliableTransport", "SocketLink", "StreamLink"]
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 65536
+_READ_SIZE = 8192  # bytes read per wake-up: bounds the work one batch does before others run
 
 
 class Link(abc.ABC):
@@ -185,6 +186,9 @@ class _Conn:
         self.last_active = anyio.current_time()
         self._wakeup = anyio.Event()
         self._sending = False  # a task is in link.send: nobody else may write now
+        self._send_idle = anyio.Event()  # set when no send is in progress (the reader waits on it)
+        self._send_idle.set()
+        self._broken = False  # a send failed or was cut short: the stream may hold half a frame
         self._finishing = False  # the reader is done: the writer sends what is queued, then stops
         self._quiet: anyio.Event | None = None  # set by the writer once nothing is queued (drain)
         self._drained = anyio.Event()
@@ -228,7 +232,7 @@ class _Conn:
             self.settled.set()
             self.transport._forget(self)
             with anyio.CancelScope(shield=True):
-                if not self._sending:
+                if not self._sending and not self._broken:
                     # What is still queued goes out first: on the Context's exit that is the token
                     # manager's deregistrations, which would otherwise be lost.
                     with anyio.move_on_after(0.5):
@@ -254,12 +258,14 @@ class _Conn:
                 if proto.closed:
                     break
             self.answered.clear()
-            if not self._sending:
-                # What the batch queued (responses, a Pong) goes out from here: handing it to the writer
-                # would cost a task switch per batch.
-                await self._write()
-            else:
-                self.wake()
+            if self._sending:
+                # Backpressure: a peer that does not read must not make us queue its answers without
+                # bound; read no more until the write in progress is done.
+                await self._send_idle.wait()
+            # What the batch queued (responses, a Pong) goes out from here: handing it to the writer
+            # would cost a task switch per batch.
+            if await self._write() is None:
+                await anyio.lowlevel.checkpoint()  # a flood of input must not starve the other tasks
 
     async def _write(self) -> bool | None:
         """Write what the Connection queued: None if nothing was, False if the link broke (the
@@ -268,15 +274,20 @@ class _Conn:
         if not out:
             return None
         self._sending = True
+        self._send_idle = anyio.Event()
         self.last_active = anyio.current_time()
         try:
-            await self.link.send(out)
+            # A peer that stops reading must not pin the connection (and what is queued) forever.
+            with anyio.fail_after(self.transport.tuning.idle_timeout):
+                await self.link.send(out)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError,
-                ssl.SSLError):
+                ssl.SSLError, TimeoutError):
+            self._broken = True
             self.close()
             return False
         finally:
             self._sending = False
+            self._send_idle.set()
         self.wake()  # more may have been queued meanwhile; the writer looks
         return True
 
@@ -409,14 +420,41 @@ class ReliableTransport(Transport):
         finally:
             self._closed = True
 
-    async def _accept(self, listener: anyio.abc.Listener[Any]) -> None:
-        async with listener:
-            await listener.serve(self._serve_connection, task_group=self._tg)
+    async def _accept(self, listener: anyio.streams.stapled.MultiListener[anyio.abc.SocketStream]) -> None:
+        async with listener, anyio.create_task_group() as tg:
+            for sub in listener.listeners:
+                tg.start_soon(self._accept_on, sub)
+
+    async def _accept_on(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        """Accept until cancelled. An accept that fails (no file descriptors left: EMFILE, ENFILE,
+        ENOBUFS) costs that connection only; the loop pauses a moment and goes on."""
+        assert self._tg is not None
+        accept = listener.accept  # type: ignore[attr-defined]
+        while True:
+            try:
+                stream = await accept()
+            except (anyio.BrokenResourceError, OSError) as e:
+                self.limits.hit("accept", anyio.current_time(), "accept failed: %s", e)
+                await anyio.sleep(0.1)
+                continue
+            self._tg.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        """One accepted connection, from its handshakes to its end. Whatever goes wrong here costs this
+        connection only: nothing a peer sends may end the transport (and the Context with it)."""
+        try:
+            await self._serve_connection_inner(stream)
+        except Exception as e:  # a bug of ours or a library's error we did not foresee
+            log.exception("connection from %s failed: %s",
+                          _address(stream, anyio.abc.SocketAttribute.remote_address), e)
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _serve_connection_inner(self, stream: anyio.abc.SocketStream) -> None:
         ip = str(_address(stream, anyio.abc.SocketAttribute.remote_address)[0])
         tuning = self.tuning
-        if (len(self._conns) >= tuning.max_connections
+        # Connections still in their handshakes count too (_per_ip has them; _conns not yet).
+        if (sum(self._per_ip.values()) >= tuning.max_connections
                 or self._per_ip.get(ip, 0) >= tuning.max_connections_per_peer):
             self.limits.hit("max_connections", anyio.current_time(), "connection from %s refused", ip)
             await stream.aclose()
@@ -425,8 +463,7 @@ class ReliableTransport(Transport):
         try:
             with anyio.fail_after(tuning.handshake_timeout):
                 link = await self._server_link(stream)
-        except (TimeoutError, OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream,
-                CoapError) as e:
+        except Exception as e:  # a malformed TLS or HTTP handshake is that peer's failure, no more
             log.debug("handshake from %s failed: %s", ip, e)
             self._release_ip(ip)
             with anyio.CancelScope(shield=True):
@@ -552,6 +589,9 @@ class ReliableTransport(Transport):
         except ssl.SSLError as e:
             raise NetworkError(f"TLS handshake with {_hostport(host, port)} failed: {e.reason or e}"
                                ) from None
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as e:
+            raise NetworkError(f"{_hostport(host, port)} closed the connection during the handshake "
+                               f"({type(e).__name__})") from None
         except OSError as e:
             cause = _first_os_error(e)
             reason = os.strerror(cause.errno) if cause.errno else str(cause)

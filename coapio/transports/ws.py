@@ -109,6 +109,8 @@ class WebSocketLink(Link):
 
     async def send(self, chunks: list[bytes]) -> None:
         ws = self.ws
+        if ws.state is not wsproto.connection.ConnectionState.OPEN:
+            raise anyio.ClosedResourceError  # the WebSocket is closing: nothing more may be sent
         await self._write(b"".join(ws.send(ws_events.BytesMessage(data=chunk)) for chunk in chunks))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -128,8 +130,11 @@ async def _read_events(stream: anyio.abc.ByteStream, ws: Any) -> list[Any]:
         data = await stream.receive(_READ_SIZE)
     except anyio.EndOfStream:
         raise NetworkError("the peer closed the connection during the WebSocket handshake") from None
-    ws.receive_data(data)
-    return list(ws.events())
+    try:
+        ws.receive_data(data)
+        return list(ws.events())
+    except (wsproto.utilities.ProtocolError, UnicodeError) as e:  # bad HTTP, headers too large, ...
+        raise NetworkError(f"bad WebSocket handshake: {e}") from None
 
 
 async def client_handshake(stream: anyio.abc.ByteStream, host: str, max_message_size: int) -> WebSocketLink:
