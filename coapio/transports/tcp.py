@@ -106,9 +106,10 @@ class SocketLink(Link):
     their streams). The stream still owns the socket and closes it.
     """
 
-    def __init__(self, stream: anyio.abc.SocketStream):
+    def __init__(self, stream: anyio.abc.SocketStream, send_timeout: float = math.inf):
         self.stream = stream
         self.sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self.send_timeout = send_timeout  # the longest a write may wait for the peer to read
 
     async def receive(self) -> list[bytes]:
         sock = self.sock
@@ -132,7 +133,8 @@ class SocketLink(Link):
             try:
                 sent = sock.send(data)
             except BlockingIOError:
-                await anyio.wait_writable(sock)
+                with anyio.fail_after(self.send_timeout):
+                    await anyio.wait_writable(sock)
                 continue
             data = data[sent:]
         await anyio.lowlevel.checkpoint()  # a writer that never blocks must still let others run
@@ -186,8 +188,7 @@ class _Conn:
         self.last_active = anyio.current_time()
         self._wakeup = anyio.Event()
         self._sending = False  # a task is in link.send: nobody else may write now
-        self._send_idle = anyio.Event()  # set when no send is in progress (the reader waits on it)
-        self._send_idle.set()
+        self._send_waiter: anyio.Event | None = None  # the reader, waiting for a write to finish
         self._broken = False  # a send failed or was cut short: the stream may hold half a frame
         self._finishing = False  # the reader is done: the writer sends what is queued, then stops
         self._quiet: anyio.Event | None = None  # set by the writer once nothing is queued (drain)
@@ -261,7 +262,8 @@ class _Conn:
             if self._sending:
                 # Backpressure: a peer that does not read must not make us queue its answers without
                 # bound; read no more until the write in progress is done.
-                await self._send_idle.wait()
+                waiter = self._send_waiter = anyio.Event()
+                await waiter.wait()
             # What the batch queued (responses, a Pong) goes out from here: handing it to the writer
             # would cost a task switch per batch.
             if await self._write() is None:
@@ -274,12 +276,17 @@ class _Conn:
         if not out:
             return None
         self._sending = True
-        self._send_idle = anyio.Event()
         self.last_active = anyio.current_time()
+        link = self.link
         try:
-            # A peer that stops reading must not pin the connection (and what is queued) forever.
-            with anyio.fail_after(self.transport.tuning.idle_timeout):
-                await self.link.send(out)
+            # A peer that stops reading must not pin the connection (and what is queued) forever. A
+            # socket link applies the limit where it waits; a cancel scope per write would cost more
+            # than the messages it carries.
+            if isinstance(link, SocketLink):
+                await link.send(out)
+            else:
+                with anyio.fail_after(self.transport.tuning.idle_timeout):
+                    await link.send(out)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError,
                 ssl.SSLError, TimeoutError):
             self._broken = True
@@ -287,7 +294,10 @@ class _Conn:
             return False
         finally:
             self._sending = False
-            self._send_idle.set()
+            waiter = self._send_waiter
+            if waiter is not None:
+                self._send_waiter = None
+                waiter.set()
         self.wake()  # more may have been queued meanwhile; the writer looks
         return True
 
@@ -494,7 +504,7 @@ class ReliableTransport(Transport):
     async def _wrap(self, stream: anyio.abc.ByteStream, *, server: bool, host: str | None) -> Link:
         """The link over an open byte stream; the WebSocket transport adds its handshake here."""
         if isinstance(stream, anyio.abc.SocketStream) and _running_trio():
-            return SocketLink(stream)
+            return SocketLink(stream, self.tuning.idle_timeout)
         return StreamLink(stream)
 
     def _new_conn(self, link: Link, stream: anyio.abc.ByteStream, *, client: bool) -> _Conn:
