@@ -355,3 +355,21 @@ async def test_a_bad_websocket_handshake_costs_that_connection_only(garbage: byt
                 while await trio.to_thread.run_sync(raw.recv, 4096):
                     pass  # whatever the answer, the server closes the connection
             assert (await client.get(base + "/counter")).payload == b"0"
+
+
+async def test_the_per_client_handler_bound_counts_a_host_not_a_connection() -> None:
+    """Two connections from one host share ``max_handlers_per_peer``: more connections buy a client no
+    more handlers (over UDP the bound is per address and port, as before)."""
+    site, _, _, slow = _site()
+    tuning = TransportTuning(max_handlers_per_peer=1)
+    async with Context(bind=["coap+tcp://127.0.0.1:0"], site=site, tuning=tuning) as server, \
+            Context() as first, Context() as second:
+        base = server.local_uris[-1]
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first.get, base + "/slow")
+                await slow.started.wait()
+                refused = await second.get(base + "/slow")  # another connection, the same host
+                nursery.cancel_scope.cancel()
+        assert refused.code == Code.SERVICE_UNAVAILABLE
+        assert server.limit_hits.get("max_handlers_per_peer") == 1

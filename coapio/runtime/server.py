@@ -51,6 +51,14 @@ _URI_PATH = int(OptionNumber.URI_PATH)
 _NO_RESPONSE_BITS = {2: 0x02, 4: 0x08, 5: 0x10}
 
 
+def _client_of(peer: Peer) -> Peer:
+    """Who the per-client bounds count: the peer itself over UDP, the host over a connection (a client
+    opening more connections must not get more handlers)."""
+    if peer.connection is None:
+        return peer
+    return Peer(peer.scheme, (peer.host,))
+
+
 def _failure_response(handler: Handler, request: Message, exc: Exception) -> Message:
     """What a renderer's exception becomes: a library error its code, anything else a logged 5.00."""
     if isinstance(exc, error.RenderableError):
@@ -221,8 +229,8 @@ class ServerDispatch:
             return self._respond(endpoint, request, self.echo.challenge(request, now), now)
         if handler.is_async:
             assert self.task_group is not None
-            remote = request.remote
-            assert isinstance(remote, Peer)
+            assert isinstance(request.remote, Peer)
+            remote = _client_of(request.remote)
             per_peer = self._running_per_peer.get(remote, 0)
             if self._running >= self.tuning.max_handlers or per_peer >= self.tuning.max_handlers_per_peer:
                 return self._overloaded(endpoint, request, now, per_peer)
@@ -474,7 +482,7 @@ class ServerDispatch:
                 hook = _Exchange(self, endpoint, request, resource, None)
                 hook.responded = hook.observing = True
                 self._observer_pipes[key] = hook
-                self._start(hook, None, (), remote, observation)
+                self._start(hook, None, (), _client_of(remote), observation)
 
     def _forget_observer_on_plain_request(self, request: Message) -> None:
         """A request without Observe on an observation's token ends it (RFC 7641 §3.6, §4.1)."""

@@ -262,7 +262,11 @@ class TokenManager:
             self._schedule(entry)
             return
         assert isinstance(request.remote, Peer)
-        ping = entry.transport.ping(request.remote)
+        try:
+            ping = entry.transport.ping(request.remote)
+        except CoapError as e:  # the connection is gone: that is what poke() found out
+            entry.pipe.add_exception(e)
+            return
         self._pings[id(ping)] = (ping, entry)
 
     def observation(self, pipe: Pipe) -> ClientObservation | None:
