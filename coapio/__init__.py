@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .protocol.options import OptionNumber as OptionNumber
     from .protocol.options import Options as Options
     from .protocol.peer import Peer as Peer
+    from .protocol.security import Security as Security
     from .protocol.tuning import TransportTuning as TransportTuning
     from .runtime.client import Observation as Observation
     from .runtime.client import ResponseStream as ResponseStream
@@ -62,6 +63,7 @@ _WHERE = {
     "Pipe": "runtime.pipe",
     "PipeEvent": "runtime.pipe",
     "Resource": "runtime.resource",
+    "Security": "protocol.security",
     "ResponseStream": "runtime.client",
     "ServerPipe": "runtime.pipe",
     "Site": "runtime.resource",

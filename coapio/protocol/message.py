@@ -17,6 +17,7 @@ from ..error import MessageFormatError, WireAction
 from .codes import Code, Type
 from .options import Options
 from .peer import Peer
+from .security import Security
 
 __all__ = ["Message", "Remote"]
 
@@ -54,6 +55,8 @@ class Message:
     scheme: str = attrs.field(eq=False)
     #: For a request a server received: the local address it was sent to (its URI's default host).
     local: Remote = attrs.field(eq=False)
+    #: For a received message: what authenticated it (OSCORE, a DTLS session), or None if nothing did.
+    security: Security | None = attrs.field(eq=False)
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class Message:
         self.remote = remote
         self.scheme = scheme
         self.local = None
+        self.security = None
         if uri is not None:
             self.set_uri(uri)
 
@@ -100,6 +104,7 @@ class Message:
             remote=self.remote, scheme=self.scheme,
         )
         new.local = self.local
+        new.security = self.security
         for name, value in changes.items():
             setattr(new, name, value)
         return new
@@ -260,6 +265,7 @@ class Message:
         msg.remote = remote
         msg.scheme = "coap"
         msg.local = None
+        msg.security = None
         return msg
 
     def encode(self) -> bytes:
