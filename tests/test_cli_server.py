@@ -313,7 +313,8 @@ class _FakeContext:
     failures: dict[str, int] = {}
     attempts: list[list[tuple[str, int]]] = []
 
-    def __init__(self, *, bind: list[tuple[str, int]], site: object, reuse_port: bool = False) -> None:
+    def __init__(self, *, bind: list[tuple[str, int]], site: object, reuse_port: bool = False,
+                 **security: object) -> None:
         self.bind = bind
 
     async def __aenter__(self) -> _FakeContext:

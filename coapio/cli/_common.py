@@ -224,3 +224,17 @@ def setup_logging(verbosity: int) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+
+
+def load_credentials(path: str) -> Any:
+    """``--credentials FILE``: the :class:`~coapio.credentials.Credentials` it describes, or a
+    :class:`UsageError` saying in one line why not (an unreadable file, a bad entry, a context directory
+    in use by another process, the ``oscore`` extra missing)."""
+    from ..protocol.oscore import ContextUnavailable, CredentialsError, MissingOscoreExtra
+
+    try:
+        from ..credentials import Credentials
+
+        return Credentials.load(path)
+    except (CredentialsError, ContextUnavailable, MissingOscoreExtra) as e:
+        raise UsageError(f"--credentials: {e}") from None

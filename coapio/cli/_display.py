@@ -147,6 +147,8 @@ def format_payload(payload: bytes, content_format: int | None, *, tty: bool) -> 
 def _describe(response: Message, stderr: TextIO, colours: bool) -> None:
     print(colour(str(response.code), _code_colour(response), colours), file=stderr)
     print(f"remote={format_remote(response.remote)}", file=stderr)
+    if response.security is not None:
+        print(f"authenticated as {response.security}", file=stderr)
     token = response.token.hex() or "-"
     if getattr(response.remote, "scheme", "coap") == "coap":
         print(f"type={response.type.name} mid={response.mid} token={token}", file=stderr)

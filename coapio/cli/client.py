@@ -29,6 +29,7 @@ from ._common import (
     format_address,
     format_remote,
     is_keyboard_interrupt,
+    load_credentials,
     setup_logging,
     tls_context,
     unwrap,
@@ -219,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="FILE",
         help="write the payload's bytes to FILE instead of stdout (with --observe: the latest one)",
     )
+    parser.add_argument(
+        "--credentials", metavar="FILE",
+        help="a credentials file in aiocoap's JSON format: requests to URIs it maps to an OSCORE context "
+        "are protected with it (see the security page of the docs)",
+    )
     look = parser.add_mutually_exclusive_group()
     look.add_argument(
         "--pretty", dest="readable", action="store_const", const=True, default=None,
@@ -310,6 +316,8 @@ def _failure(
         if bind is not None:
             return EXIT_NETWORK, f"cannot bind --bind {bind}: {reason}"
         return EXIT_NETWORK, reason
+    if isinstance(exc, error.CoapError):  # e.g. an OSCORE context that cannot protect any more
+        return EXIT_NETWORK, str(exc)
     return None
 
 
@@ -328,6 +336,7 @@ class Plan:
         client_ssl: ssl.SSLContext | None = None,
         default_timeout: bool = False,
         cert: bool = False,
+        credentials: Any = None,
     ):
         if tuning is None:
             from ..protocol.tuning import TransportTuning
@@ -345,6 +354,8 @@ class Plan:
         self.default_timeout = default_timeout
         #: A client certificate was given (--cert).
         self.cert = cert
+        #: The loaded --credentials (a :class:`~coapio.credentials.Credentials`), or None.
+        self.credentials = credentials
 
     @property
     def bind_text(self) -> str | None:
@@ -407,7 +418,8 @@ async def _context(plan: Plan) -> Any:
     from ..runtime.context import Context
 
     async with Context(
-        bind=None if plan.bind is None else [plan.bind], tuning=plan.tuning, client_ssl=plan.client_ssl
+        bind=None if plan.bind is None else [plan.bind], tuning=plan.tuning, client_ssl=plan.client_ssl,
+        credentials=plan.credentials,
     ) as ctx:
         if plan.trace:
             from ._trace import install_tracer
@@ -555,7 +567,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     tuning = TransportTuning(
         block_szx=6 if szx is None else szx, max_body_size=max_body or DEFAULT_MAX_BODY
     )
-    return Plan(timeout, tuning, count, observe_for=observe_for, bind=bind, trace=args.verbose >= 2)
+    plan = Plan(timeout, tuning, count, observe_for=observe_for, bind=bind, trace=args.verbose >= 2)
+    if args.credentials is not None:
+        plan.credentials = load_credentials(args.credentials)
+    return plan
 
 
 def plan_transport(plan: Plan, args: argparse.Namespace, scheme: str) -> None:
@@ -582,11 +597,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has already reported
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    plan = None
     try:
         plan = make_plan(args)
         request = build_request(args)
         plan_transport(plan, args, request.scheme)
     except UsageError as e:
+        if plan is not None and plan.credentials is not None:
+            plan.credentials.close()
         error_line(PROG, str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:  # while reading the payload from stdin
@@ -608,6 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_keyboard_interrupt(e):
             return EXIT_INTERRUPTED
         raise
+    finally:
+        if plan.credentials is not None:
+            plan.credentials.close()  # records the OSCORE sequence numbers used
 
 
 if __name__ == "__main__":

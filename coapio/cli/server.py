@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio
 import trio
@@ -45,6 +46,7 @@ from ._common import (
     error_line,
     format_address,
     is_keyboard_interrupt,
+    load_credentials,
     setup_logging,
     tls_context,
     unwrap,
@@ -190,13 +192,17 @@ class Echo(Resource):
 
 
 class WhoAmI(Resource):
-    """``/whoami``: the client's address as ``host:port`` (IPv6 in brackets)."""
+    """``/whoami``: the client's address as ``host:port`` (IPv6 in brackets) and, for a request that was
+    authenticated (OSCORE, DTLS), a second line with the identity its credentials gave it."""
 
-    link_attributes = {"title": "Your address", "ct": int(_TEXT)}
+    link_attributes = {"title": "Your address and identity", "ct": int(_TEXT)}
 
     def render_get(self, request: Message) -> Message:
         _offer(request, _TEXT)
-        return _text(format_address(request.remote))
+        text = format_address(request.remote)
+        if request.security is not None:
+            text += f"\nauthenticated as {request.security}"
+        return _text(text)
 
 
 def build_site() -> Site:
@@ -251,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ca", metavar="FILE",
         help="for coaps binds: require client certificates, signed by this CA (PEM)",
+    )
+    parser.add_argument(
+        "--credentials", metavar="FILE",
+        help="a credentials file in aiocoap's JSON format: the OSCORE contexts it lists are accepted "
+        "(the demo resources answer protected requests too; /whoami shows the identity)",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0,
@@ -346,7 +357,7 @@ async def _until_supervisor_dies() -> None:
 
 async def _serve(
     binds: list[tuple[str, int]], explicit: bool, *, worker: bool = False, verbose: int = 0,
-    listen: Sequence[str] = (), server_ssl: ssl.SSLContext | None = None,
+    listen: Sequence[str] = (), server_ssl: ssl.SSLContext | None = None, credentials: Any = None,
 ) -> int:
     """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal (or,
     for a worker, for its supervisor to go away).
@@ -362,11 +373,8 @@ async def _serve(
         async with contextlib.AsyncExitStack() as stack:
             while True:
                 try:
-                    if server_ssl is None:
-                        opening = Context(bind=[*binds, *listen], site=site, reuse_port=worker)
-                    else:
-                        opening = Context(bind=[*binds, *listen], site=site, reuse_port=worker,
-                                          server_ssl=server_ssl)
+                    opening = Context(bind=[*binds, *listen], site=site, reuse_port=worker,
+                                      server_ssl=server_ssl, credentials=credentials)
                     context = await stack.enter_async_context(opening)
                 except BaseException as raised:
                     exc = unwrap(raised)
@@ -533,6 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--workers shares UDP ports only, and --bind {listen[0]} is not UDP: serve TCP and "
                 "WebSockets from one process (drop --workers)"
             )
+        if args.credentials is not None and args.workers > 1:
+            raise UsageError("--credentials cannot be shared by --workers: an OSCORE context's sequence "
+                             "numbers belong to one process (drop --workers)")
+        credentials = None if args.credentials is None else load_credentials(args.credentials)
     except UsageError as e:
         error_line(PROG, str(e))
         return EXIT_USAGE
@@ -546,13 +558,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_supervise, binds, explicit, args.workers, args.verbose)
         return trio.run(functools.partial(
             _serve, binds, explicit, worker=args.worker, verbose=args.verbose, listen=listen,
-            server_ssl=server_ssl,
+            server_ssl=server_ssl, credentials=credentials,
         ))
     except BaseException as e:
         if is_keyboard_interrupt(e):  # Ctrl-C before the signal handler was installed
             return EXIT_INTERRUPTED
         raise
     finally:
+        if credentials is not None:
+            credentials.close()  # records the OSCORE sequence numbers and replay windows
         if argv is None:
             # The server has stopped; one more Ctrl-C during the interpreter's own shutdown (joining
             # threads) would print "Exception ignored ... KeyboardInterrupt". Let it end the process

@@ -146,8 +146,9 @@ SPECS: dict[int, OptionSpec] = {
 #: The option numbers coapio's codec knows; a receiver passes its own set when it supports fewer.
 KNOWN_OPTIONS: frozenset[int] = frozenset(SPECS)
 
-#: The critical options the runtime does not implement yet (Q-Block of RFC 9177, OSCORE): a request
-#: carrying one is answered 4.02 and a response carrying one is rejected, instead of being misread.
+#: The critical options a transport does not process (Q-Block of RFC 9177; OSCORE unless the Context has
+#: OSCORE credentials): a request carrying one is answered 4.02 (a NON one Reset) and a response
+#: carrying one is rejected, instead of being misread.
 UNIMPLEMENTED_CRITICAL: frozenset[int] = frozenset(
     {OptionNumber.Q_BLOCK1, OptionNumber.Q_BLOCK2, OptionNumber.OSCORE}
 )

@@ -1,10 +1,11 @@
-"""The client request path: block-wise (outer) → the place of OSCORE → the token manager → the transport.
+"""The client request path: block-wise → the token manager (OSCORE, Echo) → the transport.
 
 Every request takes this one path: :meth:`RequestPath.request` runs the block-wise layer (RFC 7959: the
 sans-IO :class:`~coapio.protocol.blockwise.Block1Sender` and ``Block2Assembler`` decide each step), each
-step goes through :meth:`RequestPath.exchange` — where OSCORE will protect the request and unprotect the
-response — and :meth:`~coapio.runtime.tokens.TokenManager.request` sends it (the one place a request
-leaves; the Echo retry is there too). Streams of responses (an observation; later, multicast) are
+step goes through :meth:`RequestPath.exchange` to :meth:`~coapio.runtime.tokens.TokenManager.request`,
+the one place a request leaves: it protects the request with OSCORE when the Context's credentials name a
+security context for its URI (so every retry and re-registration is protected anew) and does the Echo
+retry on the plaintext. Streams of responses (an observation; later, multicast) are
 :class:`ResponseStream` objects on the same path.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -27,6 +29,9 @@ from ..transports.base import Transport
 from .pipe import Pipe
 from .tokens import TokenManager
 
+if TYPE_CHECKING:
+    from ..protocol.oscore import SecurityContext
+
 __all__ = ["Observation", "RequestPath", "ResponseStream"]
 
 Progress = Callable[[int, int | None], None]
@@ -40,7 +45,7 @@ class RequestPath:
         self.tuning = tuning
 
     async def request(self, transport: Transport, message: Message, tuning: TransportTuning | None,
-                      progress: Progress | None = None) -> Message:
+                      progress: Progress | None = None, security: SecurityContext | None = None) -> Message:
         """Block-wise: send ``message`` (ours to change) and return its whole final response.
 
         Cancellation ends the transfer where it is: the block in flight is released (no retransmission,
@@ -48,20 +53,23 @@ class RequestPath:
 
         BERT (RFC 8323 §6), when the transport has it for the request's peer: a body that fits in one
         message goes without Block1, a larger one in SZX 7 blocks of several KiB.
+
+        ``security`` protects every step with OSCORE (inner block-wise, RFC 8613 §4.1.3.4.1: the blocks
+        are of the plaintext, and each is protected on its own); BERT is not used then.
         """
         settings = tuning or self.tuning
         size = len(message.payload)
         bert = None
         block1 = size > 1 << (settings.block_szx + 4)
         if block1:
-            bert = _bert(transport, message, settings)
+            bert = None if security is not None else _bert(transport, message, settings)
             block1 = bert is None or size > bert_payload_size(message, bert)
         if block1:
             sender = Block1Sender(message, szx=settings.block_szx, request_tag=os.urandom(4), bert=bert)
             total = len(message.payload)
             step: Message | None = sender.first_request()
             while step is not None:
-                reply = await self.exchange(transport, step, tuning)
+                reply = await self.exchange(transport, step, tuning, security)
                 if progress is not None:
                     block = step.opt.block1
                     progress(total if block is None else min(total, block.start + len(step.payload)), total)
@@ -70,51 +78,53 @@ class RequestPath:
             assert response is not None
             if sender.needs_block2:
                 return await self.fetch_blocks(transport, sender.continuation_request(), response, tuning,
-                                               progress)
+                                               progress, security)
             return response
         asked = message.opt.block2
         if asked is None and settings.block_szx < 6 and message.code in (Code.GET, Code.FETCH):
             # Early negotiation (RFC 7959 §2.4): a client that prefers small blocks says so up front.
             message.opt.block2 = asked = BlockValue(0, False, settings.block_szx)
-        response = await self.exchange(transport, message, tuning)
+        response = await self.exchange(transport, message, tuning, security)
         block2 = response.opt.block2
         if block2 is not None and block2.more and (asked is None or asked.num == 0):
             # A request for block 0 only sets the preferred size (early negotiation, RFC 7959 §2.4);
             # one for a later block is random access, and gets just that block.
-            return await self.fetch_blocks(transport, message, response, tuning, progress)
+            return await self.fetch_blocks(transport, message, response, tuning, progress, security)
         return response
 
     async def fetch_blocks(self, transport: Transport, request: Message, first: Message,
-                           tuning: TransportTuning | None, progress: Progress | None = None) -> Message:
+                           tuning: TransportTuning | None, progress: Progress | None = None,
+                           security: SecurityContext | None = None) -> Message:
         """Fetch the remaining blocks of a Block2 response and return the whole representation.
 
         Cancellation: as for :meth:`request`.
         """
         settings = tuning or self.tuning
         assembler = Block2Assembler(request, max_body=settings.max_body_size,
-                                    bert=_bert(transport, first, settings) is not None)
+                                    bert=security is None and _bert(transport, first, settings) is not None)
         total = first.opt.size2
         received = len(first.payload)
         whole = assembler.feed(first)
         while whole is None:
             if progress is not None:
                 progress(received, total)
-            block = await self.exchange(transport, assembler.next_request(), tuning)
+            block = await self.exchange(transport, assembler.next_request(), tuning, security)
             received += len(block.payload)
             whole = assembler.feed(block)
         if progress is not None:
             progress(len(whole.payload), len(whole.payload))
+        whole.security = first.security  # every block was verified as the first one was
         return whole
 
     async def exchange(self, transport: Transport, message: Message,
-                       tuning: TransportTuning | None) -> Message:
+                       tuning: TransportTuning | None, security: SecurityContext | None = None) -> Message:
         """One request and its final response, beneath block-wise.
 
-        OSCORE's place: a security layer protects ``message`` here and unprotects the response. The
-        token manager sends it and retries once with Echo when asked (RFC 9175 §2.2.2). Cancellation
-        stops retransmission and frees the token at once.
+        The token manager sends it (protected with OSCORE when ``security`` is given: see
+        :meth:`TokenManager.request`) and retries once with Echo when asked (RFC 9175 §2.2.2).
+        Cancellation stops retransmission and frees the token at once.
         """
-        pipe = self._tokens.request(transport, message, tuning)
+        pipe = self._tokens.request(transport, message, tuning, security=security)
         try:
             return await pipe.response()
         finally:
@@ -139,6 +149,8 @@ class ResponseStream:
 
     def __init__(self, tokens: TokenManager, path: RequestPath, request: Message, *, buffer: int,
                  tuning: TransportTuning | None, passive: bool = False):
+        #: The OSCORE context protecting the request (set by the Context from its credentials).
+        self.security: SecurityContext | None = None
         self._tokens = tokens
         self._path = path
         self._request = request
@@ -160,7 +172,7 @@ class ResponseStream:
         self._transport = transport
         observe = self._request.opt.observe == OBSERVE_REGISTER
         self._pipe = self._tokens.request(transport, self._request, self._tuning, observe=observe,
-                                          buffer=self._buffer, passive=self._passive)
+                                          buffer=self._buffer, passive=self._passive, security=self.security)
 
     async def __aenter__(self) -> ResponseStream:
         """The stream is open once made (``Context.stream`` sent the request); nothing to wait for."""
@@ -214,7 +226,8 @@ class ResponseStream:
             assert self._transport is not None
             rest = self._request.copy(token=b"", mid=None)
             rest.opt.observe = None
-            message = await self._path.fetch_blocks(self._transport, rest, message, self._tuning)
+            message = await self._path.fetch_blocks(self._transport, rest, message, self._tuning,
+                                                    security=self.security)
         if event.is_last:
             self._done = True
             self.final = message

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
-from typing import TypedDict, Unpack
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import anyio
 import anyio.abc
@@ -39,6 +40,9 @@ from .client import Observation, RequestPath, ResponseStream
 from .resource import Site
 from .server import ServerDispatch
 from .tokens import TokenManager
+
+if TYPE_CHECKING:
+    from ..credentials import Credentials
 
 __all__ = ["Context", "Counters"]
 
@@ -127,7 +131,10 @@ class Context:
     ``{"coaps+tcp"}`` for a client that must never send plaintext); a request for another one is
     :class:`~coapio.error.NoTransport`. ``transports`` adds transports of your own (see
     docs/architecture.rst, "Writing a transport"). ``tuning`` sets the transmission parameters and memory
-    bounds of every transport.
+    bounds of every transport. ``credentials`` (a :class:`~coapio.credentials.Credentials`, or the path
+    of a credentials file in aiocoap's format, then loaded here and closed on exit) protects requests
+    with OSCORE where they name a security context for the request's URI, and lets the server accept
+    OSCORE requests protected with the contexts they list (docs/security.rst).
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class Context:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         schemes: Collection[str] | None = None,
+        credentials: Credentials | str | os.PathLike[str] | None = None,
     ):
         if isinstance(bind, str | tuple):
             bind = [bind]
@@ -165,8 +173,19 @@ class Context:
         self._schemes = None if schemes is None else frozenset(s.lower() for s in schemes)
         self.site = site
         self.tuning = tuning or TransportTuning()
+        self._own_credentials = False
+        if credentials is not None:
+            from ..credentials import Credentials  # only where security is used: it is not small
+
+            if not isinstance(credentials, Credentials):
+                # A path is loaded here (errors at construction, not in the task group), closed on exit.
+                credentials = Credentials.load(credentials)
+                self._own_credentials = True
+        #: The security material requests are protected with and the server accepts (None: none).
+        self.credentials: Credentials | None = credentials
+        self._oscore = None if credentials is None else credentials.oscore
         self._tokens = TokenManager(token_length, self.tuning)
-        self._server = ServerDispatch(site, self.tuning, self._tokens)
+        self._server = ServerDispatch(site, self.tuning, self._tokens, self._oscore)
         self._path = RequestPath(self._tokens, self.tuning)
         self._reuse_port = reuse_port
         self._extra = list(transports)
@@ -195,7 +214,8 @@ class Context:
             for sock in sockets:
                 sock.close()
             raise
-        transports: list[Transport] = [UDPTransport(sock, self.tuning) for sock in sockets]
+        oscore = self._oscore is not None
+        transports: list[Transport] = [UDPTransport(sock, self.tuning, oscore=oscore) for sock in sockets]
         for scheme, host, port in self._listen:
             transports.append(self._reliable(scheme, (host, port)))
         transports.extend(self._extra)
@@ -294,6 +314,8 @@ class Context:
             raise
         finally:
             self._tokens.shutdown()
+            if self._own_credentials and self.credentials is not None:
+                self.credentials.close()
 
     async def serve_forever(self) -> None:
         """Sleep until cancelled (a server's main task has nothing else to do)."""
@@ -381,8 +403,9 @@ class Context:
         _check_request(request)
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller sends nothing at all
         request.mid = None
+        security = None if self._oscore is None else self._oscore.context_for_uri(request.uri)
         transport = await self._route(request)
-        return await self._path.request(transport, request, tuning, progress)
+        return await self._path.request(transport, request, tuning, progress, security)
 
     def stream(self, message: Message, *, buffer: int = 1,
                tuning: TransportTuning | None = None) -> _StreamOpener:
@@ -422,6 +445,8 @@ class Context:
                            buffer=buffer, tuning=tuning)
 
     async def _open_stream(self, stream: ResponseStream) -> None:
+        if self._oscore is not None:
+            stream.security = self._oscore.context_for_uri(stream.request.uri)
         transport = await self._route(stream.request)
         await stream._start(transport)
 

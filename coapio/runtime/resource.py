@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -95,6 +95,9 @@ class Resource:
     #: Require proof of freshness (RFC 9175 §2.3) for requests that change state (all but GET and FETCH):
     #: without a recent Echo value they are answered 4.01 with one, and a client retries with it.
     requires_fresh: bool = False
+    #: Serve only authenticated requests (``request.security`` set by OSCORE or DTLS): True for any
+    #: identity, or the identities allowed (e.g. ``{":client1"}``); others are answered 4.01.
+    requires_security: bool | Collection[str] = False
 
     def __init__(self) -> None:
         self._handlers: dict[int, Handler] = {}

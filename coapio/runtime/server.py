@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -34,6 +34,9 @@ from .pipe import ServerPipe
 from .resource import Handler, Resource, Site, _rest_of_path, error_response, make_response
 from .tokens import TokenManager
 
+if TYPE_CHECKING:
+    from ..protocol.oscore import ContextLookup
+
 __all__ = ["ObservableResource", "ServerDispatch"]
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ _SPECIAL_REQUEST_OPTIONS = frozenset(
 _LOWEST_SPECIAL = min(_SPECIAL_REQUEST_OPTIONS)
 assert _LOWEST_SPECIAL <= OptionNumber.NO_RESPONSE
 _URI_PATH = int(OptionNumber.URI_PATH)
+_OSCORE = int(OptionNumber.OSCORE)
 #: RFC 7967 §2.1: the No-Response bit that suppresses each response class.
 _NO_RESPONSE_BITS = {2: 0x02, 4: 0x08, 5: 0x10}
 
@@ -57,6 +61,14 @@ def _client_of(peer: Peer) -> Peer:
     if peer.connection is None:
         return peer
     return Peer(peer.scheme, (peer.host,))
+
+
+def _authorized(request: Message, required: bool | Collection[str]) -> bool:
+    """Whether ``request`` was authenticated as a resource's ``requires_security`` asks."""
+    security = request.security
+    if security is None:
+        return False
+    return required is True or security.identity in required  # type: ignore[operator]
 
 
 def _failure_response(handler: Handler, request: Message, exc: Exception) -> Message:
@@ -114,8 +126,11 @@ class _Exchange(ServerPipe):
 class ServerDispatch:
     """Serves one Context's site; created by the Context, fed by its endpoints' socket tasks."""
 
-    def __init__(self, site: Site | None, tuning: TransportTuning, tokens: TokenManager):
+    def __init__(self, site: Site | None, tuning: TransportTuning, tokens: TokenManager,
+                 oscore: ContextLookup | None = None):
         self.site = site
+        #: The OSCORE security contexts this server accepts (None: protected requests get 4.02).
+        self.oscore = oscore
         self.tuning = tuning
         self.task_group: anyio.abc.TaskGroup | None = None
         self._tokens = tokens
@@ -174,13 +189,20 @@ class ServerDispatch:
                 transport.respond(request, Message(code=Code.INTERNAL_SERVER_ERROR), now)
 
     def _serve(self, endpoint: Transport, request: Message, now: float) -> None:
+        opt = request.opt
+        items = opt._items
+        # Options are sorted: only a request whose first option is at most OSCORE's number may carry it.
+        if items and items[0][0] <= _OSCORE and _OSCORE in opt:
+            from .oscore import serve_protected
+
+            # Unprotected before anything else reads the request; served again as its plaintext.
+            return serve_protected(self.oscore, endpoint, request, now, self.echo, self._serve,
+                                   self._respond)
         if self._incoming:
             self._tokens.incoming_request(request)
         site = self.site
         if site is None:
             return self._respond(endpoint, request, Message(code=Code.NOT_FOUND), now)
-        opt = request.opt
-        items = opt._items
         complete: Complete | None = None
         # Options are sorted: a request whose highest option is below Block2 (the lowest special
         # number) is the common case and skips the special cases without looking at each option.
@@ -227,6 +249,10 @@ class ServerDispatch:
         if (resource.requires_fresh and request.code not in _SAFE_METHODS
                 and not self.echo.is_fresh(request, now)):
             return self._respond(endpoint, request, self.echo.challenge(request, now), now)
+        if resource.requires_security and not _authorized(request, resource.requires_security):
+            return self._respond(endpoint, request, Message(
+                code=Code.UNAUTHORIZED, payload=b"not authorized" if request.security else
+                b"a protected request is needed"), now)
         if handler.is_async:
             assert self.task_group is not None
             assert isinstance(request.remote, Peer)
@@ -577,6 +603,16 @@ class ServerDispatch:
         if not observer.active:
             self._drop_observer(observer)  # an error response ended the observation (RFC 7641 §4.2)
         try:
+            if self.oscore is not None:
+                from .oscore import ProtectingTransport
+
+                if isinstance(endpoint, ProtectingTransport):
+                    # The message layer reports the protected message: that is what is in flight.
+                    protected = endpoint.protect(message)
+                    if observer.in_flight is message:
+                        observer.in_flight = protected
+                    endpoint.inner.send(protected)
+                    return
             endpoint.send(message)
         except (error.CoapError, ValueError) as e:
             log.warning("cannot notify %r: %s", observer.remote, e)

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -29,12 +30,19 @@ from ..error import CoapError, NetworkError, RequestTimedOut, ResponseRejected
 from ..protocol.codes import Code, Type
 from ..protocol.message import Message
 from ..protocol.observe import ClientObservation, Verdict
+from ..protocol.options import OptionNumber
 from ..protocol.peer import Peer
+from ..protocol.security import Security
 from ..protocol.tuning import TransportTuning
 from ..transports.base import Transport
 from .pipe import Pipe, ServerPipe
 
+if TYPE_CHECKING:
+    from ..protocol.oscore import RequestBinding, SecurityContext
+
 __all__ = ["TokenManager"]
+
+_OSCORE = int(OptionNumber.OSCORE)
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +50,22 @@ log = logging.getLogger(__name__)
 class _Outgoing:
     """One request in flight (or one observation): its Pipe, where it went, and what was sent last."""
 
-    __slots__ = ("echo_retried", "message", "observation", "passive", "pipe", "transport", "tuning")
+    __slots__ = ("binding", "echo_retried", "message", "observation", "passive", "pipe", "plain",
+                 "security", "transport", "tuning")
 
     def __init__(self, pipe: Pipe, transport: Transport, tuning: TransportTuning | None,
-                 observation: ClientObservation | None, passive: bool = False):
+                 observation: ClientObservation | None, passive: bool = False,
+                 security: SecurityContext | None = None):
         self.pipe = pipe
         self.transport = transport
         self.tuning = tuning
         self.observation = observation
         self.message = pipe.request  # the newest message sent for it (a retry, a re-registration)
+        self.plain = pipe.request  # the same before OSCORE protected it
         self.echo_retried = False
         self.passive = passive  # an observation that ends by Resetting the next notification
+        self.security = security  # the OSCORE context protecting it (RFC 8613), or None
+        self.binding: RequestBinding | None = None  # what verifies the responses to the newest message
 
 
 def suppresses_success(request: Message) -> bool:
@@ -159,7 +172,8 @@ class TokenManager:
                 # behind other observations' deregistrations it would never leave.
                 tuning = attrs.evolve(entry.tuning or self._tuning, nstart=65535)
                 try:
-                    self._transmit(entry.transport, state.deregistration_request(), tuning)
+                    self._transmit(entry.transport, self._wire(entry, state.deregistration_request()),
+                                   tuning)
                 except (CoapError, OSError, ValueError) as e:
                     log.debug("no deregistration on exit: %s", e)
         closed = NetworkError("the CoAP context was closed")
@@ -179,13 +193,17 @@ class TokenManager:
                 return token
 
     def request(self, transport: Transport, message: Message, tuning: TransportTuning | None, *,
-                observe: bool = False, buffer: int = 1, passive: bool = False) -> Pipe:
+                observe: bool = False, buffer: int = 1, passive: bool = False,
+                security: SecurityContext | None = None) -> Pipe:
         """Send ``message`` (ours to change: the runtime's copy) and return the Pipe of its responses.
 
         The one place a request is sent. ``observe`` makes an observation: its Pipe streams notifications
         (the newest ``buffer``), and re-registration and deregistration are done here (``passive``: not
-        even on the Context's exit; the next notification is Reset instead). Raises at once
-        when the transport refuses the message (a full queue, message IDs exhausted); nothing is sent then.
+        even on the Context's exit; the next notification is Reset instead). ``security`` protects it
+        with OSCORE: every message sent for it (retries, re-registrations, the deregistration) with a
+        fresh sequence number, and its responses are unprotected before the Pipe sees them. Raises at
+        once when the transport refuses the message (a full queue, message IDs exhausted) or OSCORE
+        cannot protect it; nothing is sent then.
         """
         if self._closed or not self._running:
             raise RuntimeError("the CoAP context is not running")
@@ -197,10 +215,13 @@ class TokenManager:
         if key in self._outgoing:
             raise ValueError(f"token {message.token.hex()} is already in use towards {peer}")
         pipe = Pipe(message, buffer=buffer, newest_wins=observe)
-        entry = _Outgoing(pipe, transport, tuning, ClientObservation(message) if observe else None, passive)
+        entry = _Outgoing(pipe, transport, tuning, ClientObservation(message) if observe else None, passive,
+                          security)
+        if security is not None:
+            entry.message = self._wire(entry, message)
         self._outgoing[key] = entry
         try:
-            self._transmit(transport, message, tuning)
+            self._transmit(transport, entry.message, tuning)
         except BaseException:
             del self._outgoing[key]
             pipe.close()
@@ -211,11 +232,23 @@ class TokenManager:
         return pipe
 
     def _send(self, entry: _Outgoing, message: Message) -> None:
-        entry.message = message
         try:
-            self._transmit(entry.transport, message, entry.tuning)
+            entry.message = self._wire(entry, message)
+            self._transmit(entry.transport, entry.message, entry.tuning)
         except (CoapError, ValueError) as e:
             entry.pipe.add_exception(e if isinstance(e, CoapError) else NetworkError(str(e)))
+
+    @staticmethod
+    def _wire(entry: _Outgoing, message: Message) -> Message:
+        """What goes on the wire for ``message`` of ``entry``: itself, or its OSCORE-protected form."""
+        entry.plain = message
+        security = entry.security
+        if security is None:
+            return message
+        from ..protocol.oscore import protect_request
+
+        outer, entry.binding = protect_request(security, message)
+        return outer
 
     @staticmethod
     def _transmit(transport: Transport, message: Message, tuning: TransportTuning | None) -> None:
@@ -244,7 +277,7 @@ class TokenManager:
         if deregister and state is not None and state.registered and not state.ended:
             # Fire and forget: its answer finds no entry and is dropped (or Reset, if separate).
             try:
-                self._transmit(transport, state.deregistration_request(), entry.tuning)
+                self._transmit(transport, self._wire(entry, state.deregistration_request()), entry.tuning)
             except (CoapError, ValueError) as e:
                 log.debug("cannot deregister from %s: %s", request.remote, e)
 
@@ -288,6 +321,17 @@ class TokenManager:
         entry = self._outgoing.get((response.token, response.remote))
         if entry is None:
             return
+        if entry.binding is not None:
+            unprotected = self._unprotect(entry, response)
+            if unprotected is None:
+                return
+            response = unprotected
+        else:
+            items = response.opt._items
+            if items and items[0][0] <= _OSCORE and _OSCORE in response.opt:
+                self.failed(entry.message, ResponseRejected(
+                    f"{response.remote} sent an OSCORE-protected response to an unprotected request"), now)
+                return
         if response.code is Code.UNAUTHORIZED and self._echo_retry(entry, response):
             return
         state = entry.observation
@@ -300,11 +344,48 @@ class TokenManager:
         entry.pipe.add_response(response, is_last=verdict is Verdict.FINAL)
         self._schedule(entry)
 
+    def _unprotect(self, entry: _Outgoing, response: Message) -> Message | None:
+        """The plaintext of a response to a protected request, or None when it is dropped (RFC 8613 §8.4).
+
+        A response that does not verify ends a plain request with the error; for an observation it is
+        dropped (a forged notification must not end it), as is a notification older than one accepted.
+        An unprotected response (the server's 4.01/4.02/4.00 about the protection) ends either.
+        """
+        from ..protocol.oscore import (
+            ResponseProtectionInvalid,
+            StaleNotification,
+            UnprotectedErrorResponse,
+            unprotect_response,
+        )
+
+        binding = entry.binding
+        assert binding is not None
+        try:
+            plain = unprotect_response(binding, response)
+            plain.security = Security("oscore", binding.context.identity, binding.context)
+            return plain
+        except StaleNotification:
+            return None
+        except UnprotectedErrorResponse as e:
+            e.args = (f"{response.remote} answered the OSCORE request unprotected: {response.code.dotted} "
+                      f"{response.payload.decode('utf-8', 'replace')}".rstrip(),)
+            error: ResponseRejected = e
+        except ResponseProtectionInvalid as e:
+            if entry.observation is not None:
+                log.info("notification from %s dropped: %s", response.remote, e)
+                return None
+            error = e
+        if entry.observation is not None:
+            entry.observation.ended = True
+        entry.pipe.add_exception(error)
+        return None
+
     def _echo_retry(self, entry: _Outgoing, response: Message) -> bool:
         """RFC 9175 §2.2.2: a 4.01 with an Echo value the request did not carry asks for the request
-        again with it. Done once per request, so a server that keeps challenging gets its 4.01 through."""
+        again with it. Done once per request, so a server that keeps challenging gets its 4.01 through.
+        Under OSCORE the Echo value is inside the protection, so the retry is of the plaintext request."""
         echo = response.opt.echo
-        sent = entry.message
+        sent = entry.plain
         if echo is None or entry.echo_retried or sent.opt.echo == echo or sent.opt.observe == 1:
             return False
         entry.echo_retried = True

@@ -45,7 +45,7 @@ from ..protocol.messagelayer import (
     ResponseReceived,
     TimedOut,
 )
-from ..protocol.options import KNOWN_OPTIONS, UNIMPLEMENTED_CRITICAL
+from ..protocol.options import KNOWN_OPTIONS, UNIMPLEMENTED_CRITICAL, OptionNumber
 from ..protocol.peer import Peer
 from ..protocol.tuning import TransportTuning
 from .base import Transport, TransportEvents
@@ -157,12 +157,14 @@ class UDPTransport(Transport):
     """One bound UDP socket and its message layer (``coap://``); :meth:`run` is its socket task.
 
     ``layer`` (the sans-IO :class:`~coapio.protocol.messagelayer.MessageLayer`) is readable for its
-    ``stats``; ``local`` is the bound socket address.
+    ``stats``; ``local`` is the bound socket address. ``oscore``: pass messages carrying the OSCORE option
+    up (the Context's credentials will process them) instead of refusing them as an unprocessed critical
+    option.
     """
 
     schemes = frozenset({"coap"})
 
-    def __init__(self, sock: socket.socket, tuning: TransportTuning):
+    def __init__(self, sock: socket.socket, tuning: TransportTuning, *, oscore: bool = False):
         self.sock = sock
         self._events: TransportEvents | None = None
         self._clock: Callable[[], float] = anyio.current_time
@@ -177,7 +179,9 @@ class UDPTransport(Transport):
         self.layer = MessageLayer(
             tuning,
             expects_response=self._expects_response,
-            recognized_options=KNOWN_OPTIONS - UNIMPLEMENTED_CRITICAL,
+            # OSCORE is processed above the transport (by a Context with OSCORE credentials).
+            recognized_options=KNOWN_OPTIONS - (UNIMPLEMENTED_CRITICAL - ({OptionNumber.OSCORE} if oscore
+                                                                          else set())),
         )
         self._sleep: Any = None  # the cancel scope of the socket task's wait (trio's or anyio's)
         self._backlog: list[tuple[bytes, Peer]] = []

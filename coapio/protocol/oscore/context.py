@@ -118,6 +118,13 @@ class SecurityContext:
     def _derive(self, salt: bytes, secret: bytes, ident: bytes, kind: str, length: int) -> bytes:
         return hkdf(self.kdf_hash, salt, secret, self.info(ident, kind, length), length)
 
+    @property
+    def identity(self) -> str:
+        """How resources see this context (``Message.security.identity``): its credentials key
+        (``":client1"``, ``"coap://host/*"``) when it came from a credentials file, else its Recipient ID
+        in hex."""
+        return self.name if self.name else self.recipient_id.hex()
+
     # --- nonces (§5.2) --------------------------------------------------------------------------------
 
     def nonce(self, id_piv: bytes, partial_iv: bytes) -> bytes:

@@ -1,0 +1,68 @@
+"""Credentials: one file, in aiocoap's JSON format, for every security layer of a :class:`~coapio.Context`.
+
+The file maps URI patterns (``"coap://host/*"``: the client's choice of credentials for a request) and
+labels (``":client1"``: what a server accepts) to entries such as ``{"oscore": {"contextfile": "dir/"}}``.
+Each layer reads the entries of its own kind and ignores the others, so one file serves a client and a
+server, OSCORE and (with the ``dtls`` extra) DTLS. See docs/security.rst.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .protocol.oscore import CredentialsError, CredentialsMap, SecurityContext
+
+__all__ = ["Credentials", "CredentialsError"]
+
+
+class Credentials:
+    """The security material of a Context: OSCORE contexts by URI pattern and by kid.
+
+    Made with :meth:`load` (a file) or :meth:`from_dict` (its parsed JSON). OSCORE contexts keep their
+    sequence numbers in their directories: :meth:`close` (or ``with``) records the final position and
+    releases the directories' locks, so that another process may use them. A Context given a path
+    instead of a Credentials object loads and closes them itself.
+    """
+
+    def __init__(self, *, oscore: CredentialsMap | None = None):
+        #: The OSCORE security contexts (None when the credentials name none).
+        self.oscore = oscore
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **options: Any) -> Credentials:
+        """Read a credentials file; relative directories in it are taken from the file's directory.
+
+        ``options`` go to :func:`~coapio.protocol.oscore.load_context_directory` (``persist``,
+        ``reserve``). Raises :class:`CredentialsError` for a file or entry that cannot be used, and
+        :class:`~coapio.protocol.oscore.MissingOscoreExtra` when it names OSCORE contexts and the
+        ``oscore`` extra is not installed.
+        """
+        try:
+            with open(path, "rb") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CredentialsError(f"{os.fspath(path)}: {e}") from None
+        return cls.from_dict(data, base=os.path.dirname(os.path.abspath(path)), **options)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, base: str = ".", **options: Any) -> Credentials:
+        """Credentials from a parsed credentials file; ``base`` anchors relative directories."""
+        oscore = CredentialsMap.from_dict(data, base=base, **options)
+        return cls(oscore=oscore if any(True for _ in oscore) else None)
+
+    def oscore_for(self, uri: str) -> SecurityContext | None:
+        """The OSCORE context a request to ``uri`` is protected with, or None (sent unprotected)."""
+        return None if self.oscore is None else self.oscore.context_for_uri(uri)
+
+    def close(self) -> None:
+        """Record each OSCORE context's sequence position and release its directory. Idempotent."""
+        if self.oscore is not None:
+            self.oscore.close()
+
+    def __enter__(self) -> Credentials:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
