@@ -22,7 +22,7 @@ import trio
 from coapio import Code, Context, Message, ObservableResource, Resource, Site, Type
 from coapio.credentials import Credentials
 from coapio.error import ResponseRejected
-from coapio.protocol.options import OptionNumber
+from coapio.protocol.options import BlockValue, OptionNumber
 from coapio.protocol.oscore import (
     SEQUENCE_FILE,
     ContextUnavailable,
@@ -528,3 +528,73 @@ async def _run_server(command: list[str], env: dict[str, str],
     task_status.started(process)
     await process.wait()
 
+
+
+# --- outer block-wise (RFC 8613 §4.1.3.4.2): what a fragmenting proxy sends -----------------------------
+
+
+async def test_a_protected_request_in_outer_blocks_is_reassembled_then_unprotected(
+        raw_server: tuple[int, Any]) -> None:
+    port, client_ctx = raw_server
+    request = Message(Type.CON, Code.POST, 0, b"ob", payload=BODY[:3000])
+    request.opt.uri_path = ("hello",)
+    outer, binding = protect_request(client_ctx, request)
+    whole = outer.payload
+    size = 1024
+    pieces = [whole[i:i + size] for i in range(0, len(whole), size)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", port))
+        tsock = trio.socket.from_stdlib_socket(sock)
+        for num, piece in enumerate(pieces):
+            fragment = outer.copy(mid=100 + num, payload=piece)
+            fragment.opt.block1 = BlockValue(num, num < len(pieces) - 1, 6)
+            await tsock.send(fragment.encode())
+            with trio.fail_after(5):
+                reply = Message.decode(await tsock.recv(4096))
+            if num < len(pieces) - 1:
+                assert reply.code == Code.CONTINUE and OptionNumber.OSCORE not in reply.opt
+    assert reply.opt.block1 == BlockValue(len(pieces) - 1, False, 6)  # the outer transfer acknowledged
+    reply.opt.block1 = None
+    plain = unprotect_response(binding, reply)
+    # The echoed body is larger than a block: its first inner block, as the server segments plaintext.
+    assert (plain.code, plain.payload) == (Code.CHANGED, BODY[:1024])
+    assert plain.opt.block2 == BlockValue(0, True, 6)
+
+
+async def test_a_protected_response_in_outer_blocks_is_fetched_and_reassembled(
+        tmp_path: Any, pair: tuple[str, str]) -> None:
+    client_dir, server_dir = pair
+    server_ctx = load_context_directory(server_dir, persist=False)
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        await peer.bind(("127.0.0.1", 0))
+        port = peer.getsockname()[1]
+        creds = write_json(str(tmp_path / "c.json"),
+                           {f"coap://127.0.0.1:{port}/*": {"oscore": {"contextfile": client_dir}}})
+        async with Context(credentials=creds) as client, trio.open_nursery() as nursery:
+            async def fragmenting_proxy() -> None:
+                from coapio.protocol.oscore import unprotect_request
+
+                data, address = await peer.recvfrom(4096)
+                request = Message.decode(data)
+                _, protector = unprotect_request(server_ctx, request)
+                protected = protector.protect(Message(Type.ACK, Code.CONTENT, payload=BODY[:2500]))
+                whole = protected.payload
+                num = 0
+                while True:
+                    piece = whole[num * 512:(num + 1) * 512]
+                    more = (num + 1) * 512 < len(whole)
+                    reply = protected.copy(mid=request.mid, token=request.token, payload=piece)
+                    reply.opt.block2 = BlockValue(num, more, 5)
+                    await peer.sendto(reply.encode(), address)
+                    if not more:
+                        return
+                    data, address = await peer.recvfrom(4096)
+                    request = Message.decode(data)
+                    assert request.opt.block2 == BlockValue(num + 1, False, 5)
+                    num += 1
+
+            nursery.start_soon(fragmenting_proxy)
+            response = await client.get(f"coap://127.0.0.1:{port}/hello")
+            assert response.payload == BODY[:2500]
+            assert response.security is not None

@@ -37,6 +37,7 @@ from ..protocol.tuning import TransportTuning
 from ..transports.base import Transport, TransportEvents
 
 if TYPE_CHECKING:
+    from ..protocol.blockwise import Complete
     from ..protocol.echo import EchoGuard
 
 __all__ = ["ProtectingTransport", "serve_protected"]
@@ -57,10 +58,12 @@ class ProtectingTransport(Transport):
     ones, so deduplication, acknowledgements and observers' tables work unchanged.
     """
 
-    def __init__(self, inner: Transport, protector: ResponseProtector):
+    def __init__(self, inner: Transport, protector: ResponseProtector, outer: Complete | None = None):
         self.inner = inner
         self.protector = protector
         self.schemes = inner.schemes
+        #: The outer block-wise transfer the request arrived by: its response acknowledges the last block.
+        self.outer = outer
 
     def protect(self, message: Message) -> Message:
         return self.protector.protect(message)
@@ -81,8 +84,11 @@ class ProtectingTransport(Transport):
 
     def respond(self, request: Message, response: Message | None, now: float, *,
                 unverified: bool = False) -> None:
-        self.inner.respond(request, None if response is None else self.protector.protect(response), now,
-                           unverified=unverified)
+        protected = None if response is None else self.protector.protect(response)
+        if protected is not None and self.outer is not None:
+            protected = self.outer.acknowledge(protected)
+            self.outer = None
+        self.inner.respond(request, protected, now, unverified=unverified)
 
     def answered(self, request: Message) -> bool:
         return self.inner.answered(request)
@@ -113,12 +119,14 @@ def serve_protected(
     echo: EchoGuard,
     serve: Callable[[Transport, Message, float], None],
     respond: Callable[[Transport, Message, Message, float], None],
+    outer: Complete | None = None,
 ) -> None:
     """Verify and decrypt ``request`` (it carries the OSCORE option), then ``serve`` the plaintext through a
     :class:`ProtectingTransport`; answer what cannot be unprotected with ``respond``, unprotected.
 
     After a restart that lost the replay window (Appendix B.1.2) a request that verified is answered with
     a protected 4.01 carrying an Echo value, and its repetition with that value restarts the window.
+    ``outer``: the request was reassembled from outer blocks (§4.1.3.4.2); the response acknowledges them.
     """
     if contexts is None:
         _refuse(endpoint, request, NOT_SUPPORTED, now, respond)
@@ -127,7 +135,7 @@ def serve_protected(
         plain, protector = unprotect_request(contexts, request)
     except ReplayWindowUninitialized as e:
         plain, protector = e.request, e.protector
-        view = ProtectingTransport(endpoint, protector)
+        view = ProtectingTransport(endpoint, protector, outer)
         if not echo.is_fresh(plain, now):
             respond(view, plain, echo.challenge(plain, now), now)
             return
@@ -138,7 +146,7 @@ def serve_protected(
             _refuse(endpoint, request, e, now, respond)
         return
     else:
-        view = ProtectingTransport(endpoint, protector)
+        view = ProtectingTransport(endpoint, protector, outer)
     context = protector.context
     plain.security = Security("oscore", context.identity, context)
     serve(view, plain, now)

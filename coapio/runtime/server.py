@@ -195,9 +195,20 @@ class ServerDispatch:
         if items and items[0][0] <= _OSCORE and _OSCORE in opt:
             from .oscore import serve_protected
 
+            outer: Complete | None = None
+            if self.oscore is not None and OptionNumber.BLOCK1 in opt:
+                # Outer block-wise (RFC 8613 §4.1.3.4.2): a proxy cut the protected message in pieces;
+                # they are put together below OSCORE, and only the whole is unprotected.
+                try:
+                    result = self.reassembler.feed(request, now)
+                except error.RenderableError as e:
+                    return self._respond(endpoint, request, error_response(e), now)
+                if isinstance(result, Continue):
+                    return self._respond(endpoint, request, result.response, now)
+                outer, request = result, result.request
             # Unprotected before anything else reads the request; served again as its plaintext.
             return serve_protected(self.oscore, endpoint, request, now, self.echo, self._serve,
-                                   self._respond)
+                                   self._respond, outer)
         if self._incoming:
             self._tokens.incoming_request(request)
         site = self.site

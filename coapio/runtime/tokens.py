@@ -30,7 +30,7 @@ from ..error import CoapError, NetworkError, RequestTimedOut, ResponseRejected
 from ..protocol.codes import Code, Type
 from ..protocol.message import Message
 from ..protocol.observe import ClientObservation, Verdict
-from ..protocol.options import OptionNumber
+from ..protocol.options import BlockValue, OptionNumber
 from ..protocol.peer import Peer
 from ..protocol.security import Security
 from ..protocol.tuning import TransportTuning
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["TokenManager"]
 
 _OSCORE = int(OptionNumber.OSCORE)
+_BLOCK2 = int(OptionNumber.BLOCK2)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ log = logging.getLogger(__name__)
 class _Outgoing:
     """One request in flight (or one observation): its Pipe, where it went, and what was sent last."""
 
-    __slots__ = ("binding", "echo_retried", "message", "observation", "passive", "pipe", "plain",
-                 "security", "transport", "tuning")
+    __slots__ = ("binding", "echo_retried", "message", "observation", "outer_body", "passive", "pipe",
+                 "plain", "security", "transport", "tuning")
 
     def __init__(self, pipe: Pipe, transport: Transport, tuning: TransportTuning | None,
                  observation: ClientObservation | None, passive: bool = False,
@@ -66,6 +67,7 @@ class _Outgoing:
         self.passive = passive  # an observation that ends by Resetting the next notification
         self.security = security  # the OSCORE context protecting it (RFC 8613), or None
         self.binding: RequestBinding | None = None  # what verifies the responses to the newest message
+        self.outer_body: bytearray | None = None  # a protected response arriving in outer blocks
 
 
 def suppresses_success(request: Message) -> bool:
@@ -322,6 +324,11 @@ class TokenManager:
         if entry is None:
             return
         if entry.binding is not None:
+            if _BLOCK2 in response.opt:
+                whole = self._outer_block(entry, response)
+                if whole is None:
+                    return
+                response = whole
             unprotected = self._unprotect(entry, response)
             if unprotected is None:
                 return
@@ -343,6 +350,42 @@ class TokenManager:
             return
         entry.pipe.add_response(response, is_last=verdict is Verdict.FINAL)
         self._schedule(entry)
+
+    def _outer_block(self, entry: _Outgoing, response: Message) -> Message | None:
+        """Outer block-wise (RFC 8613 §4.1.3.4.2): a proxy cut the protected response in pieces. Ask for
+        the rest by repeating the protected request with the next outer Block2, and return the whole
+        protected response once it is in (None meanwhile, or when the transfer failed)."""
+        block = response.opt.block2
+        assert block is not None
+        if entry.observation is not None:
+            log.info("a notification in outer blocks from %s dropped (not supported)", response.remote)
+            return None
+        body = entry.outer_body
+        if block.num == 0:
+            body = entry.outer_body = bytearray()
+        if body is None or len(body) != block.start:
+            entry.pipe.add_exception(ResponseRejected(f"{response.remote} sent outer block {block.num} "
+                                                      "out of order"))
+            return None
+        body += response.payload
+        limit = (entry.tuning or self._tuning).max_body_size
+        if len(body) > limit:
+            entry.pipe.add_exception(ResponseRejected(f"the protected response exceeds the limit of {limit} "
+                                                      "bytes (max_body_size)"))
+            return None
+        if block.more:
+            follow = entry.message.copy(mid=None)  # the same protected request: no new sequence number
+            follow.opt.block2 = BlockValue(block.num + 1, False, block.szx)
+            entry.message = follow
+            try:
+                self._transmit(entry.transport, follow, entry.tuning)
+            except (CoapError, ValueError) as e:
+                entry.pipe.add_exception(e if isinstance(e, CoapError) else NetworkError(str(e)))
+            return None
+        whole = response.copy(payload=bytes(body))
+        whole.opt.block2 = None
+        entry.outer_body = None
+        return whole
 
     def _unprotect(self, entry: _Outgoing, response: Message) -> Message | None:
         """The plaintext of a response to a protected request, or None when it is dropped (RFC 8613 §8.4).
