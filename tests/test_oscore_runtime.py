@@ -13,7 +13,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
@@ -598,3 +598,40 @@ async def test_a_protected_response_in_outer_blocks_is_fetched_and_reassembled(
             response = await client.get(f"coap://127.0.0.1:{port}/hello")
             assert response.payload == BODY[:2500]
             assert response.security is not None
+
+
+async def test_a_flood_of_bad_protected_requests_disturbs_no_genuine_client(tmp_path: Any,
+                                                                            pair: tuple[str, str]) -> None:
+    """Random OSCORE options and ciphertexts, known and unknown kids, CON and NON, while a real client is
+    served: every genuine request succeeds and the server holds nothing for the junk afterwards."""
+    import random
+
+    rng = random.Random(1234)
+    async with server_and_client(str(tmp_path), pair) as (server, client, base):
+        port = server.local_addresses[0][1]
+        junk = []
+        for i in range(600):
+            bad = Message(rng.choice([Type.CON, Type.NON]), Code.POST, i, rng.randbytes(rng.randint(0, 8)))
+            kid = rng.choice([b"", b"\x01", b"\x77", rng.randbytes(3)])
+            piv = rng.randbytes(rng.randint(0, 5))
+            flags = len(piv) | (0x08 if kid or rng.random() < 0.5 else 0)
+            value = bytes([flags]) + piv + kid if rng.random() < 0.8 else rng.randbytes(rng.randint(0, 12))
+            bad.opt.add(OptionNumber.OSCORE, value)
+            bad.payload = rng.randbytes(rng.randint(0, 64))
+            junk.append(bad.encode())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", port))
+            async with trio.open_nursery() as nursery:
+                async def flood() -> None:
+                    for datagram in junk:
+                        with suppress(BlockingIOError):
+                            sock.send(datagram)
+                        await trio.lowlevel.checkpoint()
+
+                nursery.start_soon(flood)
+                for i in range(20):
+                    response = await client.post(f"{base}/hello", str(i).encode())
+                    assert response.payload == str(i).encode()
+        assert server.counters.live_handlers == 0
+        assert server.counters.live_tokens == 0
