@@ -4,7 +4,13 @@ The sans-IO tests (tests/test_interop_aiocoap_oscore.py) prove the two protect a
 messages; these prove the runtimes do: GET, POST, Observe and 8 KiB block-wise bodies each way; several
 client *processes* in a row on one context directory against one long-running server (the sequence
 numbers persist); a server killed with SIGKILL and restarted (Appendix B.1.2, the Echo round trip); and
-the refusals of §8.2 (a replayed, a tampered, an unknown-kid and an unprotected request).
+the refusals of §8.2 (a replayed, a tampered, an unknown-kid and an unprotected request). Also: a client
+process killed mid-way never lets the next one reuse a sequence number, nor a killed server its own; a
+retransmission is deduplicated, not taken for a replay; a clean restart keeps the replay window.
+
+aiocoap 0.4.17 facts these tests rely on: its client answers a server's protected 4.01 + Echo by
+repeating the request (B.1.2), and its server challenges that way after a crash; its client raises
+``NotAProtectedMessage`` for any unprotected answer; it cannot cancel an OSCORE observation on the wire.
 
 In-process parts run coapio and aiocoap in one asyncio event loop (coapio through anyio, as in
 tests/test_interop_aiocoap_runtime.py); the processes are ``coapio-client``, ``coapio-server`` and
@@ -34,7 +40,7 @@ import pytest
 import sniffio
 from conftest import require_interop
 
-from coapio import Code, Context, Message, ObservableResource, Resource, Site, Type
+from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning, Type
 from coapio.protocol.oscore import OscoreOption, UnprotectedErrorResponse
 
 aiocoap = require_interop("aiocoap")
@@ -85,8 +91,10 @@ def make_pair(base: Path, client_id: str, *, secret: str = SECRET) -> tuple[Path
 
 
 def client_credentials(path: Path, port: int, directory: Path) -> Path:
-    """A client's credentials file: everything on 127.0.0.1:``port`` is protected with ``directory``."""
-    path.write_text(json.dumps({f"coap://127.0.0.1:{port}/*": {"oscore": {"contextfile": f"{directory}/"}}}))
+    """A client's credentials file: everything on 127.0.0.1:``port`` is protected with ``directory``,
+    named relative to the file (as coapio reads it; the processes run elsewhere)."""
+    relative = os.path.relpath(directory, path.parent)
+    path.write_text(json.dumps({f"coap://127.0.0.1:{port}/*": {"oscore": {"contextfile": f"{relative}/"}}}))
     return path
 
 
@@ -132,16 +140,22 @@ class Relay:
         self.requests: list[bytes] = []
         self.responses: list[bytes] = []
         self.mangle: Callable[[bytes], bytes] | None = None
+        self.drop_responses = 0  # how many of the next server datagrams to lose
         self.port = 0
+        self._sock: anyio.abc.UDPSocket | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with await anyio.create_udp_socket(local_host="127.0.0.1") as sock:
             self.port = sock.extra(anyio.abc.SocketAttribute.local_port)
+            self._sock = sock
             task_status.started()
             client: tuple[str, int] | None = None
             async for data, (host, port) in sock:
                 if (host, port) == self.target:
                     self.responses.append(data)
+                    if self.drop_responses:
+                        self.drop_responses -= 1
+                        continue
                     if client is not None:
                         await sock.sendto(data, *client)
                     continue
@@ -150,6 +164,11 @@ class Relay:
                     data, self.mangle = self.mangle(data), None
                 self.requests.append(data)
                 await sock.sendto(data, *self.target)
+
+    async def resend(self, datagram: bytes) -> None:
+        """Send ``datagram`` to the server again from the relay's address: a client's retransmission."""
+        assert self._sock is not None
+        await self._sock.sendto(datagram, *self.target)
 
     def sequence_numbers(self, since: int = 0) -> set[int | None]:
         """The distinct sequence numbers of the requests relayed since ``since`` (retransmissions: one)."""
@@ -375,6 +394,7 @@ def test_coapio_client_aiocoap_server_get_post_observe_blockwise(tmp_path: Path)
                 hello = await ctx.get(base + "/hello")
                 assert hello.code is Code.CONTENT and hello.payload == b"hello from aiocoap"
                 assert hello.security is not None and hello.security.method == "oscore"
+                assert hello.security.identity == f"coap://127.0.0.1:{port}/*"  # the credentials' key
                 assert (await ctx.get(base + "/whoami")).payload == b"[':client1']"
 
                 posted = await ctx.post(base + "/echo", b"ping \x00\xff")
@@ -447,6 +467,26 @@ def test_aiocoap_client_coapio_server_get_post_observe_blockwise(tmp_path: Path)
     run_on_asyncio(body)
 
 
+def test_coapio_client_retransmits_the_same_protected_request(tmp_path: Path) -> None:
+    """A lost response: coapio's CON retransmission is the same protected datagram (same sequence
+    number, not re-protected), and aiocoap's deduplication answers it instead of seeing a replay."""
+    client_dir, server_dir = make_pair(tmp_path, "01")
+
+    async def body() -> None:
+        async with aiocoap_server(server_credentials(tmp_path / "server.json", client1=server_dir)) as (
+                port, _), relay_to(port) as relay:
+            creds = client_credentials(tmp_path / "client.json", relay.port, client_dir)
+            async with Context(bind=[("127.0.0.1", 0)], credentials=str(creds),
+                               tuning=TransportTuning(ack_timeout=0.2)) as ctx:
+                relay.drop_responses = 1
+                hello = await ctx.get(f"coap://127.0.0.1:{relay.port}/hello")
+                assert hello.code is Code.CONTENT and hello.payload == b"hello from aiocoap"
+                assert len(relay.requests) == 2 and relay.requests[0] == relay.requests[1]
+                assert len(relay.responses) == 2 and outer(relay.responses[1]).opt.oscore is not None
+
+    run_on_asyncio(body)
+
+
 # =====================================================================================================
 # 2. Successive client processes on one context directory: the sequence numbers persist
 # =====================================================================================================
@@ -487,7 +527,32 @@ def test_successive_coapio_client_processes_against_aiocoap_server(tmp_path: Pat
             assert done.returncode == 0 and done.stdout == b"[':client1']", done
             assert sequence(client_dir)["next-to-send"] > killed_at
 
+            # a process that used many numbers (past the first reservations) and was killed: what is on
+            # disk is above every number it used, so the next process reuses none (aiocoap's window of
+            # 32 would see a reuse among the last ones as a replay)
+            start = sequence(client_dir)["next-to-send"]
+            async with process([sys.executable, "-c", BURST, str(creds), base + "/hello", "40"]) as burst:
+                assert burst.stdout is not None
+                assert await _read_line(burst.stdout) == "sent 40\n"
+                await kill(burst)
+            assert sequence(client_dir)["next-to-send"] >= start + 40
+            done = await coapio_client(creds, base + "/hello")
+            assert done.returncode == 0 and done.stdout == b"hello from aiocoap", done
+
     run_on_asyncio(body)
+
+
+#: A coapio client process that sends N protected GETs one after the other, says so, and waits to be killed.
+BURST = """
+import sys, anyio, coapio
+async def main(creds, uri, n):
+    async with coapio.Context(bind=[("127.0.0.1", 0)], credentials=creds) as ctx:
+        for _ in range(n):
+            assert (await ctx.get(uri)).code is coapio.Code.CONTENT
+        print("sent", n, flush=True)
+        await anyio.sleep_forever()
+anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]))
+"""
 
 
 def test_successive_aiocoap_client_processes_against_coapio_server(tmp_path: Path) -> None:
@@ -625,6 +690,9 @@ def test_aiocoap_server_restart_after_sigkill(tmp_path: Path) -> None:
                 done = await coapio_client(creds, uri)
                 assert done.returncode == 0 and done.stdout == b"hello from aiocoap", done
                 assert len(relay.sequence_numbers(since)) == 2  # aiocoap challenged (Echo), coapio repeated
+                for old in (relay.requests[since], relay.requests[0]):  # aiocoap refuses them as coapio does
+                    replayed = await raw_exchange(port2, old)
+                    assert replayed.code is Code.UNAUTHORIZED and replayed.payload == b"Replay detected"
                 since = len(relay.requests)
                 done = await coapio_client(creds, uri)
                 assert done.returncode == 0, done
@@ -656,6 +724,14 @@ def test_coapio_server_refuses_replayed_tampered_unknown_and_unprotected(tmp_pat
                 assert ok.code == aiocoap.CONTENT and served.hello.served == 1
                 captured = relay.requests[-1]
                 assert partial_iv(captured) is not None
+
+                # the same datagram from the same address (a CON retransmission after a lost answer): the
+                # message layer's deduplication answers it again, with the same protected response
+                answered = len(relay.responses)
+                await relay.resend(captured)
+                await wait_until(lambda: len(relay.responses) > answered, "the retransmission's answer")
+                assert relay.responses[-1] == relay.responses[answered - 1]
+                assert served.hello.served == 1
 
                 # the same datagram again, from another socket: refused unprotected, not served again
                 replayed = await raw_exchange(port, captured)
