@@ -6,14 +6,15 @@
  * threaded, epoll + recvmmsg, connected non-blocking sockets.
  *
  *   loadgen [-w W] [-k K] [-d SEC] [-W WARMUP] [-T TIMEOUT_MS] [-N] [-p a/b] [-P PID[,PID]]
- *           [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] HOST PORT
+ *           [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] [--datagrams FILE [--ok-code C.DD]] HOST PORT
  *   loadgen --echo-server PORT     a canned-response "server" (self-test ceiling, not a CoAP server)
  *
  * Measurement: the run is WARMUP s of warm-up, then SEC s of measurement, then a drain of at most
  * TIMEOUT_MS during which no new request is sent. Only requests *sent* during the measurement window
- * count: `ok` are those answered with 2.05, `errors` with any other response code or a RST, `lost` those
- * unanswered after TIMEOUT_MS (there are no retransmissions: a lost request is counted, its slot reused).
- * rps = ok / SEC. Latency is send -> response (CLOCK_MONOTONIC), from a 1-µs histogram, nearest rank.
+ * count: `ok` are those answered with 2.05 (2.04 with --datagrams), `unauthorized` with 4.01, `errors` with
+ * any other response code, `rst` with a RST, `lost` those unanswered after TIMEOUT_MS (there are no
+ * retransmissions: a lost request is counted, its slot reused). rps = ok / SEC. Latency is send ->
+ * response (CLOCK_MONOTONIC), from a 1-µs histogram, nearest rank.
  *
  * Matching: the token is 8 bytes, the slot index (2 bytes) then 6 random bytes, fresh per request; a
  * piggy-backed ACK must match the slot's token, message ID and socket; a separate (CON/NON) response
@@ -31,6 +32,15 @@
  * -n TOTAL ends the run once TOTAL requests have been sent in all (warm-up included; the drain follows).
  * --rss-at N1,N2,... reads the server's VmRSS (/proc/PID/status, summed over -P's processes) when the
  * N-th request has been completed (answered or lost), for each N: the "rss_at" field of the JSON.
+ *
+ * --datagrams FILE replays pre-encoded requests instead of building GET /: FILE is a sequence of records,
+ * each a 2-byte big-endian length and that many bytes of a CoAP request with an 8-byte token (e.g.
+ * OSCORE-protected requests, one Partial IV each, in increasing order). Each is sent once, in file order;
+ * the generator rewrites only the type (CON, or NON with -N), the message ID and the token, which OSCORE
+ * does not protect. The run ends when the file is used up (as with -n TOTAL; the window then ends with
+ * the last request sent). An answer counts as `ok` when its code is 2.04 (the outer code of an
+ * OSCORE-protected 2.05; --ok-code changes it), and 4.01 answers (an OSCORE replay or unknown-context
+ * refusal) count as `unauthorized`, apart from the other `errors`.
  *
  * CPU: the generator's own CPU time (getrusage) and, with -P PID[,PID...], the server's (/proc/PID/stat
  * utime + stime, summed over its processes) are sampled at the start and end of the measurement window
@@ -100,7 +110,12 @@ static uint64_t total_limit = 0; /* -n: stop sending after this many requests (0
 static uint64_t marks[MAX_MARKS], completed_total;
 static long mark_rss_kb[MAX_MARKS];
 static int nmarks, next_mark;
+static uint8_t *dgram_data;      /* --datagrams: the file's records, back to back */
+static size_t *dgram_off;        /* offset of each record's length prefix in dgram_data */
+static uint64_t ndgrams, next_dgram;
+static int ok_code = 0x45;       /* the response code that counts as ok: 2.05, or 2.04 with --datagrams */
 
+static uint64_t c_unauth;
 static uint64_t c_sent, c_ok, c_err, c_rst, c_lost, c_unmatched, c_bad, c_sockerr, c_acks, c_pings;
 static uint64_t sent_total, sockets_opened;
 static long resp_bytes = -1;
@@ -229,8 +244,19 @@ static void issue(int idx, uint64_t t) {
     sl->mid = s->next_mid++;
     s->used++;
     sl->sock = si;
-    uint8_t buf[1400];
-    size_t n = build_request(buf, sl->mid, sl->token);
+    uint8_t buf[1500];
+    size_t n;
+    if (dgram_data) {
+        const uint8_t *rec = dgram_data + dgram_off[next_dgram++];
+        n = (size_t)(rec[0] << 8 | rec[1]);
+        memcpy(buf, rec + 2, n);
+        buf[0] = (uint8_t)(0x40 | (non ? 0x10 : 0x00) | 8);
+        buf[2] = (uint8_t)(sl->mid >> 8);
+        buf[3] = (uint8_t)(sl->mid & 0xff);
+        memcpy(buf + 4, sl->token, 8);
+    } else {
+        n = build_request(buf, sl->mid, sl->token);
+    }
     sl->sent_ns = t;
     sl->inflight = 1;
     sl->counted = measuring == 1;
@@ -251,7 +277,9 @@ static void finished(void) {
 
 static int may_send(void) { return measuring < 2 && (total_limit == 0 || sent_total < total_limit); }
 
-static void complete(int idx, uint64_t t, int ok, int rst) {
+/* A request's answer: its response code, or -1 for a RST. */
+static void complete(int idx, uint64_t t, int code) {
+    int rst = code < 0, ok = code == ok_code;
     struct slot *sl = &slots[idx];
     sl->inflight = 0;
     release(sl->sock);
@@ -259,6 +287,7 @@ static void complete(int idx, uint64_t t, int ok, int rst) {
     if (sl->counted) {
         if (rst) c_rst++;
         else if (ok) c_ok++;
+        else if (code == 0x81) c_unauth++;
         else c_err++;
         if (ok) {
             uint64_t us = (t - sl->sent_ns) / 1000;
@@ -297,7 +326,7 @@ static void handle(int si, const uint8_t *d, ssize_t n, uint64_t t) {
     if (type == 3) { /* RST */
         int idx = find_by_mid(si, mid);
         if (idx < 0) c_unmatched++;
-        else complete(idx, t, 0, 1);
+        else complete(idx, t, -1);
         return;
     }
     if (type == 2) { /* ACK */
@@ -320,7 +349,7 @@ static void handle(int si, const uint8_t *d, ssize_t n, uint64_t t) {
             return;
         }
         if (resp_bytes < 0) resp_bytes = n;
-        complete(idx, t, code == 0x45, 0);
+        complete(idx, t, code);
         return;
     }
     /* CON or NON: a separate response (NON requests get NON responses) */
@@ -346,7 +375,7 @@ static void handle(int si, const uint8_t *d, ssize_t n, uint64_t t) {
         return;
     }
     if (resp_bytes < 0) resp_bytes = n;
-    complete(idx, t, code == 0x45, 0);
+    complete(idx, t, code);
 }
 
 static double self_cpu(void) {
@@ -484,12 +513,52 @@ static void echo_server(int port, int payload) {
     }
 }
 
+/* --- --datagrams: pre-encoded requests ------------------------------------------------------------ */
+
+static void load_datagrams(const char *file) {
+    FILE *f = fopen(file, "rb");
+    if (!f) die(file);
+    if (fseek(f, 0, SEEK_END) < 0) die(file);
+    long size = ftell(f);
+    if (size < 0) die(file);
+    rewind(f);
+    dgram_data = malloc(size ? (size_t)size : 1);
+    if (!dgram_data) die("malloc");
+    if (fread(dgram_data, 1, (size_t)size, f) != (size_t)size) die(file);
+    fclose(f);
+    size_t pos = 0, cap = 1024;
+    dgram_off = malloc(cap * sizeof *dgram_off);
+    if (!dgram_off) die("malloc");
+    while (pos + 2 <= (size_t)size) {
+        size_t n = (size_t)(dgram_data[pos] << 8 | dgram_data[pos + 1]);
+        const uint8_t *d = dgram_data + pos + 2;
+        if (pos + 2 + n > (size_t)size || n < 12 || n > 1400 || (d[0] >> 6) != 1 || (d[0] & 15) != 8 ||
+            d[1] == 0 || d[1] >= 32) {
+            fprintf(stderr, "loadgen: %s: record %llu is not a CoAP request with an 8-byte token "
+                    "(<= 1400 B)\n", file, (unsigned long long)ndgrams);
+            exit(2);
+        }
+        if (ndgrams == cap) {
+            cap *= 2;
+            dgram_off = realloc(dgram_off, cap * sizeof *dgram_off);
+            if (!dgram_off) die("realloc");
+        }
+        dgram_off[ndgrams++] = pos;
+        pos += 2 + n;
+    }
+    if (pos != (size_t)size || ndgrams == 0) {
+        fprintf(stderr, "loadgen: %s: empty or truncated datagram file\n", file);
+        exit(2);
+    }
+}
+
 /* --- main ----------------------------------------------------------------------------------------- */
 
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen [-w W] [-k K] [-d SEC] [-W WARMUP_SEC] [-T TIMEOUT_MS] [-N] [-p PATH]\n"
-            "               [-P PID[,PID...]] [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...] HOST PORT\n"
+            "               [-P PID[,PID...]] [-n TOTAL] [-R ROTATE] [--rss-at N1,N2,...]\n"
+            "               [--datagrams FILE [--ok-code C.DD]] HOST PORT\n"
             "       loadgen --echo-server PORT [--payload BYTES]\n");
     exit(2);
 }
@@ -502,8 +571,10 @@ int main(int argc, char **argv) {
         {"path", required_argument, 0, 'p'},     {"server-pid", required_argument, 0, 'P'},
         {"echo-server", required_argument, 0, 'E'}, {"payload", required_argument, 0, 'S'},
         {"total", required_argument, 0, 'n'},    {"rotate", required_argument, 0, 'R'},
-        {"rss-at", required_argument, 0, 'M'},   {0, 0, 0, 0}};
-    int echo_port = 0, payload = 136, c;
+        {"rss-at", required_argument, 0, 'M'},   {"datagrams", required_argument, 0, 'F'},
+        {"ok-code", required_argument, 0, 'O'},  {0, 0, 0, 0}};
+    int echo_port = 0, payload = 136, c, ok_code_given = 0;
+    const char *dgram_file = NULL;
     while ((c = getopt_long(argc, argv, "w:k:d:W:T:Np:P:n:R:", longopts, NULL)) != -1) {
         switch (c) {
         case 'w': window = atoi(optarg); break;
@@ -535,6 +606,16 @@ int main(int argc, char **argv) {
                 p = *end == ',' ? end + 1 : end;
             }
             break;
+        case 'F': dgram_file = optarg; break;
+        case 'O': {
+            int cls, detail;
+            if (sscanf(optarg, "%d.%d", &cls, &detail) != 2 || cls < 0 || cls > 7 || detail < 0 ||
+                detail > 31)
+                usage();
+            ok_code = cls << 5 | detail;
+            ok_code_given = 1;
+            break;
+        }
         default: usage();
         }
     }
@@ -547,6 +628,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (nsock > window) nsock = window;
+    if (dgram_file) {
+        load_datagrams(dgram_file);
+        if (!ok_code_given) ok_code = 0x44;
+        if (total_limit == 0 || total_limit > ndgrams) total_limit = ndgrams;
+    }
     server.sin_family = AF_INET;
     server.sin_port = htons((uint16_t)atoi(argv[optind + 1]));
     if (inet_pton(AF_INET, argv[optind], &server.sin_addr) != 1 ||
@@ -662,8 +748,10 @@ int main(int argc, char **argv) {
            window_s > 0 ? 100.0 * (cpu1 - cpu0) / window_s : 0.0,
            (srv0 >= 0 && srv1 >= 0 && window_s > 0) ? 100.0 * (srv1 - srv0) / window_s : -1.0,
            resp_bytes, (unsigned long long)sockets_opened, (unsigned long long)sent_total);
-    printf(", \"pings\": %llu, \"completed_total\": %llu, \"rss_at\": [", (unsigned long long)c_pings,
-           (unsigned long long)completed_total);
+    printf(", \"pings\": %llu, \"completed_total\": %llu, \"unauthorized\": %llu, \"ok_code\": \"%d.%02d\", "
+           "\"datagrams\": %llu, \"rss_at\": [", (unsigned long long)c_pings,
+           (unsigned long long)completed_total, (unsigned long long)c_unauth, ok_code >> 5, ok_code & 31,
+           (unsigned long long)ndgrams);
     for (int i = 0; i < nmarks; i++)
         printf("%s[%llu, %ld]", i ? ", " : "", (unsigned long long)marks[i], i < next_mark ? mark_rss_kb[i] : -1L);
     printf("]}\n");
