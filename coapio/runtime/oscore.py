@@ -32,7 +32,6 @@ from ..protocol.oscore import (
     unprotect_request,
 )
 from ..protocol.peer import Peer
-from ..protocol.security import Security
 from ..protocol.tuning import TransportTuning
 from ..transports.base import Transport, TransportEvents
 
@@ -147,8 +146,7 @@ def serve_protected(
         return
     else:
         view = ProtectingTransport(endpoint, protector, outer)
-    context = protector.context
-    plain.security = Security("oscore", context.identity, context)
+    plain.security = protector.context.security
     serve(view, plain, now)
 
 

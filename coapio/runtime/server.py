@@ -63,6 +63,19 @@ def _client_of(peer: Peer) -> Peer:
     return Peer(peer.scheme, (peer.host,))
 
 
+#: :func:`coapio.runtime.oscore.serve_protected`, imported on the first protected request (it needs the
+#: oscore modules, which a server without OSCORE never loads).
+_serve_protected: Callable[..., None] | None = None
+
+
+def _load_oscore() -> Callable[..., None]:
+    global _serve_protected
+    from .oscore import serve_protected
+
+    _serve_protected = serve_protected
+    return serve_protected
+
+
 def _authorized(request: Message, required: bool | Collection[str]) -> bool:
     """Whether ``request`` was authenticated as a resource's ``requires_security`` asks."""
     security = request.security
@@ -193,8 +206,7 @@ class ServerDispatch:
         items = opt._items
         # Options are sorted: only a request whose first option is at most OSCORE's number may carry it.
         if items and items[0][0] <= _OSCORE and _OSCORE in opt:
-            from .oscore import serve_protected
-
+            serve_protected = _serve_protected or _load_oscore()
             outer: Complete | None = None
             if self.oscore is not None and OptionNumber.BLOCK1 in opt:
                 # Outer block-wise (RFC 8613 §4.1.3.4.2): a proxy cut the protected message in pieces;

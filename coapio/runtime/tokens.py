@@ -32,7 +32,6 @@ from ..protocol.message import Message
 from ..protocol.observe import ClientObservation, Verdict
 from ..protocol.options import BlockValue, OptionNumber
 from ..protocol.peer import Peer
-from ..protocol.security import Security
 from ..protocol.tuning import TransportTuning
 from ..transports.base import Transport
 from .pipe import Pipe, ServerPipe
@@ -405,7 +404,7 @@ class TokenManager:
         assert binding is not None
         try:
             plain = unprotect_response(binding, response)
-            plain.security = Security("oscore", binding.context.identity, binding.context)
+            plain.security = binding.context.security
             return plain
         except StaleNotification:
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..security import Security
 from . import _cbor
 from .algorithms import AeadAlgorithm, algorithm, hkdf
 from .errors import ContextExhausted
@@ -101,6 +102,11 @@ class SecurityContext:
         self.sequence: SequenceNumbers = sequence if sequence is not None else InMemorySequence()
         # The external AAD's fixed start: [oscore_version 1, [alg_aead], ... (§5.4).
         self._aad_head = b"\x85\x01" + _cbor.dumps([alg.number])
+        # Per-exchange work cached by what it depends on (two IDs, five Partial IV lengths): both are
+        # computed twice per exchange, and only the Partial IV varies.
+        self._nonce_bases: dict[bytes, int] = {}
+        self._aad_prefixes: dict[tuple[bytes, int], bytes] = {}
+        self._security: Security | None = None
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
@@ -130,12 +136,16 @@ class SecurityContext:
     def nonce(self, id_piv: bytes, partial_iv: bytes) -> bytes:
         """The AEAD nonce: length of ID_PIV, padded ID_PIV, padded Partial IV, XOR the Common IV."""
         n = self.algorithm.nonce_length
-        parts = (
-            bytes((len(id_piv),))
-            + id_piv.rjust(n - 6, b"\0")
-            + partial_iv.rjust(5, b"\0")
-        )
-        return (int.from_bytes(parts, "big") ^ int.from_bytes(self.common_iv, "big")).to_bytes(n, "big")
+        base = self._nonce_bases.get(id_piv)
+        if base is None:
+            if len(id_piv) > n - 6:
+                raise ValueError(f"an ID of {len(id_piv)} bytes does not fit the nonce")
+            # Everything but the Partial IV (its 5 bytes are zero here), already XORed with the Common IV.
+            parts = bytes((len(id_piv),)) + id_piv.rjust(n - 6, b"\0") + bytes(5)
+            base = int.from_bytes(parts, "big") ^ int.from_bytes(self.common_iv, "big")
+            if len(self._nonce_bases) < 16:  # the context's own two IDs, in practice
+                self._nonce_bases[id_piv] = base
+        return (base ^ int.from_bytes(partial_iv, "big")).to_bytes(n, "big")
 
     # --- the mutable parts ----------------------------------------------------------------------------
 
@@ -174,13 +184,25 @@ class SecurityContext:
 
     def external_aad(self, request_kid: bytes, request_piv: bytes) -> bytes:
         """The COSE Enc_structure with the external AAD of §5.4 (no Class I options are defined)."""
-        # Written out rather than through _cbor.dumps: this runs twice per exchange and the shape is fixed.
-        head = _cbor.head
-        aad_array = (
-            self._aad_head + head(2, len(request_kid)) + request_kid
-            + head(2, len(request_piv)) + request_piv + b"\x40"
-        )
-        return _ENCRYPT0 + head(2, len(aad_array)) + aad_array
+        # Written out rather than through _cbor.dumps: this runs twice per exchange and the shape is fixed;
+        # all but the Partial IV is cached per kid and Partial IV length.
+        key = (request_kid, len(request_piv))
+        prefix = self._aad_prefixes.get(key)
+        if prefix is None:
+            head = _cbor.head
+            inner = self._aad_head + head(2, len(request_kid)) + request_kid + head(2, len(request_piv))
+            prefix = _ENCRYPT0 + head(2, len(inner) + len(request_piv) + 1) + inner
+            if len(self._aad_prefixes) < 64:
+                self._aad_prefixes[key] = prefix
+        return prefix + request_piv + b"\x40"
+
+    @property
+    def security(self) -> Security:
+        """What a message verified with this context says of its sender (``Message.security``)."""
+        security = self._security
+        if security is None:
+            security = self._security = Security("oscore", self.identity, self)
+        return security
 
 
 #: ["Encrypt0", h'', ...: the start of every COSE Enc_structure OSCORE makes (empty protected header).

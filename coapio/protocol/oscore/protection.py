@@ -89,6 +89,8 @@ class UnprotectedErrorResponse(ResponseProtectionInvalid):
 # --- plaintext (§5.3) ---------------------------------------------------------------------------------
 
 def _plaintext(code: Code, options: Options, payload: bytes) -> bytes:
+    if not options._items:  # the common response: code and payload only
+        return bytes((code, 0xFF)) + payload if payload else bytes((code,))
     # The codec writes code, options and payload marker exactly as the plaintext needs them; drop its
     # 4-byte header and keep the code byte.
     encoded = Message(Type.CON, code, 0, b"", options, payload).encode()
@@ -138,14 +140,18 @@ class RequestBinding:
     notifications accepted so far (§4.1.3.5.2, §7.4.1).
     """
 
-    __slots__ = ("context", "notification_number", "observe", "request_kid", "request_piv")
+    __slots__ = ("aad", "context", "nonce", "notification_number", "observe", "request_kid", "request_piv")
 
-    def __init__(self, context: SecurityContext, request_piv: bytes, observe: bool):
+    def __init__(self, context: SecurityContext, request_piv: bytes, observe: bool,
+                 nonce: bytes | None = None, aad: bytes | None = None):
         self.context = context
         self.request_kid = context.sender_id
         self.request_piv = request_piv
         self.observe = observe
         self.notification_number: int | None = None
+        # The request's nonce and external AAD: a response without Partial IV reuses both.
+        self.nonce = nonce if nonce is not None else context.nonce(context.sender_id, request_piv)
+        self.aad = aad if aad is not None else context.external_aad(context.sender_id, request_piv)
 
     def __repr__(self) -> str:
         return f"<RequestBinding {self.context!r} piv={self.request_piv.hex()}>"
@@ -186,13 +192,12 @@ def protect_request(context: SecurityContext, request: Message) -> tuple[Message
     piv = partial_iv_bytes(sequence)
     option = OscoreOption(piv, context.sender_id, context.id_context)
     outer.add(_N.OSCORE, option.encode())
-    ciphertext = context._seal(
-        context.nonce(context.sender_id, piv),
-        _plaintext(request.code, inner, request.payload),
-        context.external_aad(context.sender_id, piv),
-    )
+    nonce = context.nonce(context.sender_id, piv)
+    aad = context.external_aad(context.sender_id, piv)
+    ciphertext = context._seal(nonce, _plaintext(request.code, inner, request.payload), aad)
     code = Code.FETCH if observe else Code.POST
-    return _outer_message(request, code, outer, ciphertext), RequestBinding(context, piv, observe)
+    return (_outer_message(request, code, outer, ciphertext),
+            RequestBinding(context, piv, observe, nonce, aad))
 
 
 def unprotect_response(binding: RequestBinding, response: Message) -> Message:
@@ -214,11 +219,9 @@ def unprotect_response(binding: RequestBinding, response: Message) -> Message:
         raise ResponseProtectionInvalid(f"malformed OSCORE option: {e.reason}") from None
     if option.kid is not None and option.kid != ctx.recipient_id:
         raise ResponseProtectionInvalid("the response names another sender")
-    if option.partial_iv is not None:
-        nonce = ctx.nonce(ctx.recipient_id, option.partial_iv)
-    else:
-        nonce = ctx.nonce(binding.request_kid, binding.request_piv)
-    plaintext = ctx._open(nonce, response.payload, ctx.external_aad(binding.request_kid, binding.request_piv))
+    piv = option.partial_iv
+    nonce = binding.nonce if piv is None else ctx.nonce(ctx.recipient_id, piv)
+    plaintext = ctx._open(nonce, response.payload, binding.aad)
     if plaintext is None:
         raise ResponseProtectionInvalid("decryption failed")
     try:
@@ -250,13 +253,18 @@ class ResponseProtector:
     Every later response and every notification takes a new sequence number.
     """
 
-    __slots__ = ("_can_reuse_nonce", "context", "request_kid", "request_piv")
+    __slots__ = ("_aad", "_can_reuse_nonce", "_nonce", "context", "request_kid", "request_piv")
 
-    def __init__(self, context: SecurityContext, request_kid: bytes, request_piv: bytes, can_reuse: bool):
+    def __init__(self, context: SecurityContext, request_kid: bytes, request_piv: bytes, can_reuse: bool,
+                 nonce: bytes | None = None, aad: bytes | None = None):
         self.context = context
         self.request_kid = request_kid
         self.request_piv = request_piv
         self._can_reuse_nonce = can_reuse
+        # The request's nonce (for a first response without Partial IV) and the external AAD of every
+        # response to it, computed once.
+        self._nonce = nonce
+        self._aad = aad if aad is not None else context.external_aad(request_kid, request_piv)
 
     @property
     def sequence_number(self) -> int:
@@ -270,37 +278,35 @@ class ResponseProtector:
         if not response.code.is_response():
             raise ValueError(f"protect needs a response, not {response.code}")
         ctx = self.context
-        notification = _N.OBSERVE in response.opt
+        notification = False
         inner = Options()
         outer = Options()
         for number, value in response.opt:
             if number == _N.OSCORE:
                 continue
-            cls = option_class(number)
             if number == _N.OBSERVE:
+                notification = True
                 outer.add(number, value)
                 inner.add(number, b"")  # the client orders by Partial IV, not by this value
                 continue
+            cls = option_class(number)
             if cls != "E":
                 outer.add(number, value)
             if cls != "U":
                 inner.add(number, value)
         if self._can_reuse_nonce and not notification:
             self._can_reuse_nonce = False
-            piv = None
-            nonce = ctx.nonce(self.request_kid, self.request_piv)
+            nonce = self._nonce
+            if nonce is None:
+                nonce = ctx.nonce(self.request_kid, self.request_piv)
+            outer.add(_N.OSCORE, b"")  # no Partial IV, no kid: an empty option
         else:
             self._can_reuse_nonce = False
             piv = partial_iv_bytes(ctx.next_sequence_number())
             nonce = ctx.nonce(ctx.sender_id, piv)
-        outer.add(_N.OSCORE, OscoreOption(piv).encode())
-        ciphertext = ctx._seal(
-            nonce,
-            _plaintext(response.code, inner, response.payload),
-            ctx.external_aad(self.request_kid, self.request_piv),
-        )
-        code = Code.CONTENT if notification else Code.CHANGED
-        return _outer_message(response, code, outer, ciphertext)
+            outer.add(_N.OSCORE, OscoreOption(piv).encode())
+        ciphertext = ctx._seal(nonce, _plaintext(response.code, inner, response.payload), self._aad)
+        return _outer_message(response, Code.CONTENT if notification else Code.CHANGED, outer, ciphertext)
 
 
 def unprotect_request(
@@ -326,20 +332,30 @@ def unprotect_request(
         ctx = contexts.find_context(option.kid, option.kid_context)
     if ctx is None:
         raise UnknownSecurityContext()
-    sequence = int.from_bytes(option.partial_iv, "big")
+    kid, piv = option.kid, option.partial_iv
+    sequence = int.from_bytes(piv, "big")
     window = ctx.replay_window
     if window.initialized and not window.is_fresh(sequence):
         raise ReplayDetected()
-    plaintext = ctx._open(
-        ctx.nonce(option.kid, option.partial_iv),
-        request.payload,
-        ctx.external_aad(option.kid, option.partial_iv),
-    )
+    nonce = ctx.nonce(kid, piv)
+    aad = ctx.external_aad(kid, piv)
+    plaintext = ctx._open(nonce, request.payload, aad)
     if plaintext is None:
         raise DecryptionFailed()
     inner = _parse_plaintext(plaintext)
     if not inner.code.is_request():
         raise MalformedOscoreOption(f"the protected code {inner.code} is not a request method")
+    protector = ResponseProtector(ctx, kid, piv, window.initialized, nonce, aad)
+    if len(request.opt._items) == 1 and not any(n == _N.OBSERVE or n == _N.PROXY_URI
+                                                for n, _ in inner.opt._items):
+        # The common case: the OSCORE option is the only outer one, so the plaintext message is the
+        # request, with the outer addressing.
+        inner.type, inner.mid, inner.token = request.type, request.mid, request.token
+        inner.remote, inner.scheme, inner.local = request.remote, request.scheme, request.local
+        if not window.initialized:
+            raise ReplayWindowUninitialized(inner, protector)
+        window.accept(sequence)
+        return inner, protector
     options = _merge(request.opt, inner.opt)
     if _N.OBSERVE not in request.opt:
         options.remove(_N.OBSERVE)  # a proxy dropped the registration: serve it as a plain request
@@ -358,7 +374,6 @@ def unprotect_request(
         options.uri_path = ()
         options.uri_query = ()
     plain = _outer_message(request, inner.code, options, inner.payload)
-    protector = ResponseProtector(ctx, option.kid, option.partial_iv, window.initialized)
     if not window.initialized:
         raise ReplayWindowUninitialized(plain, protector)
     window.accept(sequence)
