@@ -107,3 +107,16 @@ def test_unprotect_response_of_random_bytes_raises_only_oscore_errors(
         response.opt.observe = 5
     with contextlib.suppress(OscoreError):
         unprotect_response(binding, response)
+
+
+@given(st.sampled_from(range(0x08, 0x10)) | st.integers(0, 255), st.binary(max_size=12))
+def test_the_fast_request_option_reader_agrees_with_the_decoder(flags: int, rest: bytes) -> None:
+    """unprotect_request reads the usual option in place; whatever it reads, the strict decoder agrees."""
+    from coapio.protocol.oscore.protection import _simple_request_option
+
+    value = bytes((flags,)) + rest
+    simple = _simple_request_option(value)
+    if simple is None:
+        return
+    decoded = OscoreOption.decode(value)
+    assert (decoded.partial_iv, decoded.kid, decoded.kid_context) == (*simple, None)

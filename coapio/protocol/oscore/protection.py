@@ -56,6 +56,8 @@ _OUTER_ONLY = frozenset(
 )
 #: Class E and U: the inner value is authoritative, the outer one lets proxies do their part.
 _BOTH = frozenset({_N.OBSERVE, _N.NO_RESPONSE})
+_OSCORE, _OBSERVE = int(_N.OSCORE), int(_N.OBSERVE)
+_SPECIAL_INNER = frozenset({int(_N.OBSERVE), int(_N.PROXY_URI)})
 
 
 def option_class(number: int) -> str:
@@ -279,21 +281,24 @@ class ResponseProtector:
             raise ValueError(f"protect needs a response, not {response.code}")
         ctx = self.context
         notification = False
-        inner = Options()
-        outer = Options()
-        for number, value in response.opt:
-            if number == _N.OSCORE:
+        inner_items: list[tuple[int, bytes]] = []  # both in wire order, as the response's options are
+        outer_items: list[tuple[int, bytes]] = []
+        for number, value in response.opt._items:
+            if number == _OSCORE:
                 continue
-            if number == _N.OBSERVE:
+            if number == _OBSERVE:
                 notification = True
-                outer.add(number, value)
-                inner.add(number, b"")  # the client orders by Partial IV, not by this value
-                continue
-            cls = option_class(number)
-            if cls != "E":
-                outer.add(number, value)
-            if cls != "U":
-                inner.add(number, value)
+                outer_items.append((number, value))
+                inner_items.append((number, b""))  # the client orders by Partial IV, not by this value
+            elif number in _OUTER_ONLY:
+                outer_items.append((number, value))
+            elif number in _BOTH:
+                outer_items.append((number, value))
+                inner_items.append((number, value))
+            else:
+                inner_items.append((number, value))
+        inner = Options._from_sorted(inner_items)
+        outer = Options._from_sorted(outer_items)
         if self._can_reuse_nonce and not notification:
             self._can_reuse_nonce = False
             nonce = self._nonce
@@ -309,6 +314,26 @@ class ResponseProtector:
         return _outer_message(response, Code.CONTENT if notification else Code.CHANGED, outer, ciphertext)
 
 
+def _plain_inner(items: list[tuple[int, bytes]]) -> bool:
+    """Whether inner request options need none of the merge's special cases (Observe, Proxy-Uri)."""
+    for number, _ in items:  # noqa: SIM110 - a plain loop: no generator object on the hot path
+        if number in _SPECIAL_INNER:
+            return False
+    return True
+
+
+def _simple_request_option(value: bytes) -> tuple[bytes, bytes] | None:
+    """(Partial IV, kid) of the usual request option — flags with only k set, a Partial IV of 1-5 bytes
+    without a leading zero, a kid — read in place; None for every other form (the full decoder's job)."""
+    if not value:
+        return None
+    flags = value[0]
+    n = flags & 0x07
+    if flags & 0xF8 == 0x08 and 1 <= n <= 5 and len(value) > n and (n == 1 or value[1]):
+        return value[1:1 + n], value[1 + n:]
+    return None
+
+
 def unprotect_request(
     contexts: SecurityContext | ContextLookup, request: Message
 ) -> tuple[Message, ResponseProtector]:
@@ -319,20 +344,24 @@ def unprotect_request(
     :class:`ReplayWindowUninitialized` when the request verified but the window was lost (B.1.2). The
     replay window only advances for a request that verified.
     """
-    option = _oscore_option(request)
-    if option.partial_iv is None or option.kid is None:
-        raise MalformedOscoreOption("a request needs a Partial IV and a kid")
+    items = request.opt._items
+    simple = _simple_request_option(items[0][1]) if len(items) == 1 and items[0][0] == _N.OSCORE else None
+    if simple is not None:
+        piv, kid = simple
+        kid_context = None
+    else:
+        option = _oscore_option(request)
+        if option.partial_iv is None or option.kid is None:
+            raise MalformedOscoreOption("a request needs a Partial IV and a kid")
+        piv, kid, kid_context = option.partial_iv, option.kid, option.kid_context
     if isinstance(contexts, SecurityContext):
         ctx: SecurityContext | None = contexts
-        if option.kid != contexts.recipient_id or (
-            option.kid_context is not None and option.kid_context != contexts.id_context
-        ):
+        if kid != contexts.recipient_id or (kid_context is not None and kid_context != contexts.id_context):
             ctx = None
     else:
-        ctx = contexts.find_context(option.kid, option.kid_context)
+        ctx = contexts.find_context(kid, kid_context)
     if ctx is None:
         raise UnknownSecurityContext()
-    kid, piv = option.kid, option.partial_iv
     sequence = int.from_bytes(piv, "big")
     window = ctx.replay_window
     if window.initialized and not window.is_fresh(sequence):
@@ -346,8 +375,7 @@ def unprotect_request(
     if not inner.code.is_request():
         raise MalformedOscoreOption(f"the protected code {inner.code} is not a request method")
     protector = ResponseProtector(ctx, kid, piv, window.initialized, nonce, aad)
-    if len(request.opt._items) == 1 and not any(n == _N.OBSERVE or n == _N.PROXY_URI
-                                                for n, _ in inner.opt._items):
+    if len(items) == 1 and _plain_inner(inner.opt._items):
         # The common case: the OSCORE option is the only outer one, so the plaintext message is the
         # request, with the outer addressing.
         inner.type, inner.mid, inner.token = request.type, request.mid, request.token
