@@ -18,7 +18,7 @@ import socket
 import ssl
 from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
-from typing import TypedDict, Unpack
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import anyio
 import anyio.abc
@@ -40,6 +40,9 @@ from .resource import Site
 from .server import ServerDispatch
 from .tokens import TokenManager
 
+if TYPE_CHECKING:
+    from ..protocol.dtls import DtlsCredentials
+
 __all__ = ["Context", "Counters"]
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,7 @@ log = logging.getLogger(__name__)
 Bind = str | tuple[str, int]
 
 #: What a scheme needs that coapio does not have yet (a clearer error than "no transport").
-_NOT_YET = {
-    "coaps": "CoAP over DTLS",
-}
+_NOT_YET: dict[str, str] = {}
 #: Datagram routes remembered (a request's Peer as written -> the transport and the Peer it reaches).
 _MAX_ROUTES = 1024
 #: Seconds the Context's exit waits for transports to write what its shutdown queued.
@@ -142,6 +143,7 @@ class Context:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         schemes: Collection[str] | None = None,
+        dtls: DtlsCredentials | None = None,
     ):
         if isinstance(bind, str | tuple):
             bind = [bind]
@@ -149,6 +151,7 @@ class Context:
             bind = [("::", 5683)] if site is not None else []
         self._binds: list[tuple[str, int]] = []
         self._listen: list[tuple[str, str, int]] = []  # (scheme, host, port) of the reliable transports
+        self._dtls_binds: list[tuple[str, int]] = []  # coaps:// (DTLS) addresses to serve on
         for item in bind:
             scheme, host, port = _parse_endpoint(item)
             if scheme == "coap":
@@ -158,10 +161,16 @@ class Context:
                     raise ValueError(f"{scheme}:// needs a certificate: pass server_ssl "
                                      "(coapio.transports.tls.server_context)")
                 self._listen.append((scheme, host, port))
+            elif scheme == "coaps":
+                _require_dtls()
+                if dtls is None:
+                    raise ValueError("coaps:// needs credentials: pass dtls=DtlsCredentials(...)")
+                self._dtls_binds.append((host, port))
             else:
                 raise ValueError(f"cannot serve {scheme}:// ({_NOT_YET.get(scheme, 'unknown scheme')})")
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
+        self._dtls = dtls
         self._schemes = None if schemes is None else frozenset(s.lower() for s in schemes)
         self.site = site
         self.tuning = tuning or TransportTuning()
@@ -191,11 +200,15 @@ class Context:
         try:
             for host, port in self._binds or [("::", 0)]:
                 sockets.append(self._open_socket(host, port, fallback=not self._binds))
+            dtls_sockets = [self._open_socket(host, port, fallback=False) for host, port in self._dtls_binds]
+            sockets.extend(dtls_sockets)
         except BaseException:
             for sock in sockets:
                 sock.close()
             raise
-        transports: list[Transport] = [UDPTransport(sock, self.tuning) for sock in sockets]
+        transports: list[Transport] = [UDPTransport(sock, self.tuning) for sock in sockets
+                                       if sock not in dtls_sockets]
+        transports.extend(self._dtls_transport(sock) for sock in dtls_sockets)
         for scheme, host, port in self._listen:
             transports.append(self._reliable(scheme, (host, port)))
         transports.extend(self._extra)
@@ -237,8 +250,25 @@ class Context:
         return ReliableTransport(scheme, self.tuning, listen=listen, server_ssl=self._server_ssl,
                                  client_ssl=self._client_ssl)
 
+    def _dtls_transport(self, sock: socket.socket | None) -> Transport:
+        """A coaps:// transport serving on ``sock`` (a bound coaps address), or, for None, a client one
+        on an ephemeral socket."""
+        server = sock is not None
+        if sock is None:
+            _require_dtls()
+            sock = self._open_socket("::", 0, fallback=True)
+        from ..protocol.dtls import DtlsCredentials
+        from ..transports.dtls import DTLSTransport
+
+        try:
+            return DTLSTransport(sock, self.tuning, self._dtls or DtlsCredentials(), server=server)
+        except BaseException:
+            sock.close()
+            raise
+
     async def _client_transport(self, scheme: str) -> list[Transport]:
-        """Start the client transport of an RFC 8323 scheme on its first use (once, whoever asks)."""
+        """Start the client transport of an RFC 8323 scheme, or of coaps://, on its first use (once,
+        whoever asks)."""
         while scheme not in self._by_scheme:
             starting = self._starting.get(scheme)
             if starting is not None:
@@ -246,7 +276,8 @@ class Context:
                 continue
             done = self._starting[scheme] = anyio.Event()
             try:
-                await self._start(self._reliable(scheme, None))
+                transport = self._dtls_transport(None) if scheme == "coaps" else self._reliable(scheme, None)
+                await self._start(transport)
             finally:
                 del self._starting[scheme]
                 done.set()
@@ -530,7 +561,7 @@ class Context:
             raise error.NoTransport(f"this Context sends requests over {', '.join(sorted(self._schemes))} "
                                     f"only; the {scheme}:// request was not sent")
         candidates = self._by_scheme.get(scheme)
-        if not candidates and scheme in _RELIABLE:
+        if not candidates and (scheme in _RELIABLE or scheme == "coaps"):
             candidates = await self._client_transport(scheme)
         if not candidates:
             if scheme in _NOT_YET:
@@ -544,7 +575,7 @@ class Context:
         for transport in candidates:
             peer = await transport.resolve(scheme, host, port)
             if peer is not None:
-                if isinstance(transport, UDPTransport) and isinstance(remote, Peer) and _is_ip_literal(host):
+                if type(transport) is UDPTransport and isinstance(remote, Peer) and _is_ip_literal(host):
                     # A datagram route to an address is fixed for the socket's life: asked on every
                     # request, so kept (a name is resolved again each time; connections may close).
                     if len(routes) >= _MAX_ROUTES:
@@ -612,6 +643,13 @@ def _parse_endpoint(item: Bind) -> tuple[str, str, int]:
         return scheme, host, port
     host, port = parse_bind(item)
     return "coap", host, port
+
+
+def _require_dtls() -> None:
+    from ..protocol.dtls import available
+
+    if not available():
+        raise error.NoTransport("coaps:// needs pyOpenSSL: pip install 'coapio[dtls]'")
 
 
 def _check_request(message: Message) -> None:
