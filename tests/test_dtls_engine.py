@@ -186,3 +186,12 @@ def test_flights_are_cut_into_datagrams_no_larger_than_the_mtu(certs: dict[str, 
         client.receive(datagram, 0.0)
     pump(client, server)
     assert client.state is State.ESTABLISHED and server.state is State.ESTABLISHED
+
+
+def test_a_psk_server_takes_clients_that_speak_only_ccm_8() -> None:
+    """TLS_PSK_WITH_AES_128_CCM_8 is RFC 7252's mandatory PSK suite, and all that tinydtls speaks."""
+    client_endpoint, server_endpoint = psk_pair()
+    client_endpoint.client_context(PSK).set_cipher_list(b"PSK-AES128-CCM8:@SECLEVEL=0")
+    client, server = handshake(client_endpoint, server_endpoint, PSK)
+    assert server.state is State.ESTABLISHED, server.error
+    assert client._connection.get_cipher_name() == "PSK-AES128-CCM8"

@@ -43,8 +43,13 @@ _MAX_PENDING = 64  # plaintext datagrams held while a client handshakes
 #: Cipher suites: RFC 7252 §9.1.3 names TLS_PSK_WITH_AES_128_CCM_8 and TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8
 #: as mandatory; the current AEAD suites come first. PSK suites only with PSK, certificate suites only
 #: with certificates, so a client never ends up negotiating a kind it has no credentials for.
-_PSK_CIPHERS = "ECDHE-PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-CCM8:" \
-               "PSK-AES128-CCM:PSK-AES128-CBC-SHA256:ECDHE-PSK-AES128-CBC-SHA256"
+#: CCM_8's 64-bit tag is below OpenSSL's default security level, which would refuse the one suite that
+#: constrained peers (tinydtls, RFC 7252's mandatory PSK suite) speak; the PSK list therefore lowers the
+#: level to 0. It only lists AEAD and SHA-256 suites, and a PSK handshake has no certificate whose key
+#: size the level would otherwise check.
+_PSK_CIPHERS = "ECDHE-PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-CCM:" \
+               "PSK-AES128-CCM8:PSK-AES128-CBC-SHA256:ECDHE-PSK-AES128-CBC-SHA256"
+_PSK_LEVEL = ":@SECLEVEL=0"
 _CERT_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-CCM8:" \
                 "ECDHE-ECDSA-AES128-CCM:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:" \
                 "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
@@ -377,7 +382,10 @@ class Endpoint:
             if credentials.ca is not None:
                 context.load_verify_locations(credentials.ca)
                 context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
-        context.set_cipher_list(":".join(ciphers).encode())
+        # With certificates too, the level stays at the default (a client's certificate key is checked
+        # by it), and CCM_8 clients are refused: a server for constrained PSK peers is PSK-only.
+        level = _PSK_LEVEL if credentials.cert is None else ""
+        context.set_cipher_list((":".join(ciphers) + level).encode())
         context.set_cookie_generate_callback(self._cookie)
         context.set_cookie_verify_callback(self._cookie_ok)
         return context
@@ -400,7 +408,7 @@ class Endpoint:
             context = self._base_context()
             if psk is not None:
                 _binding.set_psk_client(context, psk.identity, psk.key)
-                context.set_cipher_list(_PSK_CIPHERS.encode())
+                context.set_cipher_list((_PSK_CIPHERS + _PSK_LEVEL).encode())
             else:
                 credentials = self.credentials
                 context.set_cipher_list(_CERT_CIPHERS.encode())
