@@ -317,3 +317,89 @@ async def test_asyncio_backend_works_too() -> None:
 
     assert await trio.to_thread.run_sync(lambda: anyio.run(main, backend="asyncio")) == \
         b"client1 (dtls-psk)"
+
+
+async def test_a_closed_port_fails_at_once_and_leaves_no_session() -> None:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: the kernel answers with ICMP port unreachable
+    async with client(handshake_timeout=30) as ctx:
+        with trio.fail_after(5), pytest.raises(NetworkError):
+            await ctx.get(f"coaps://127.0.0.1:{port}/whoami")
+        assert server_transport(ctx).sessions == []
+
+
+async def raw_handshake(sock: trio.socket.SocketType, target: tuple[str, int]) -> object:
+    """A DTLS session with ``target`` over ``sock``, driven by hand (a client that restarts keeps its
+    port, which coapio's own client never does)."""
+    session = Endpoint(DtlsCredentials(), server=False).connect("127.0.0.1", PSK, 0.0)
+    while session.state is not State.ESTABLISHED:
+        for datagram in session.datagrams_to_send():
+            await sock.sendto(datagram, target)
+        reply, _ = await sock.recvfrom(65536)
+        session.receive(reply, 0.0)
+    for datagram in session.datagrams_to_send():
+        await sock.sendto(datagram, target)
+    return session
+
+
+async def test_a_new_session_from_the_same_address_is_a_new_peer() -> None:
+    """RFC 6347 §4.2.8: a ClientHello on an established session's address starts a new session (after
+    the cookie exchange), which replaces the old one; its Peer differs, so nothing of the old session's
+    exchanges is answered through the new one."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(10):
+            await sock.bind(("127.0.0.1", 0))
+            await raw_handshake(sock, transport.local_address)
+            await until(lambda: len(transport.sessions) == 1)
+            [first] = transport.sessions
+            await until(lambda: first.state is State.ESTABLISHED)
+            await raw_handshake(sock, transport.local_address)
+            await until(lambda: transport.sessions and transport.sessions[0] is not first)
+            [second] = transport.sessions
+            assert first.state is State.FAILED and "started a new DTLS session" in str(first.error)
+            assert first.peer != second.peer and first.peer.address == second.peer.address
+
+
+async def test_a_lost_flight_is_retransmitted_on_the_engines_timer() -> None:
+    """A proxy drops the server's first answer (the HelloVerifyRequest): the client's DTLS timer resends
+    its ClientHello, and the request goes through."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        target = server_transport(server).local_address
+        proxy = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        upstream = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dropped = 0
+        with proxy, upstream:
+            await proxy.bind(("127.0.0.1", 0))
+            await upstream.bind(("127.0.0.1", 0))
+            client_address: list[object] = []
+
+            async def forward_up() -> None:
+                while True:
+                    data, address = await proxy.recvfrom(65536)
+                    client_address[:] = [address]
+                    await upstream.sendto(data, target)
+
+            async def forward_down() -> None:
+                nonlocal dropped
+                while True:
+                    data, _ = await upstream.recvfrom(65536)
+                    if dropped == 0:
+                        dropped += 1
+                        continue
+                    await proxy.sendto(data, client_address[0])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward_up)
+                nursery.start_soon(forward_down)
+                async with client() as ctx:
+                    with trio.fail_after(10):
+                        response = await ctx.get(f"coaps://127.0.0.1:{proxy.getsockname()[1]}/whoami")
+                    assert response.payload == b"client1 (dtls-psk)"
+                nursery.cancel_scope.cancel()
+        assert dropped == 1

@@ -32,7 +32,7 @@ import anyio
 from ..error import NetworkError
 from ..protocol.dtls import DtlsCredentials
 from ..protocol.dtls.engine import Endpoint, Session, State
-from ..protocol.dtls.errors import SessionClosed
+from ..protocol.dtls.errors import DtlsError, SessionClosed
 from ..protocol.dtls.records import HANDSHAKE, is_client_hello
 from ..protocol.message import Message
 from ..protocol.messagelayer import Event, RequestReceived, ResponseReceived
@@ -144,21 +144,20 @@ class DTLSTransport(UDPTransport):
                                       "too many DTLS handshakes at once; the oldest was dropped")
                 self._remove(oldest, SessionClosed("dropped: too many DTLS handshakes at once"))
 
-    def _remove(self, session: Session, error: Exception) -> None:
-        """Forget ``session`` and fail its peer's exchanges (nothing is sent)."""
+    def _remove(self, session: Session, error: DtlsError) -> None:
+        """Forget ``session`` and fail its peer's exchanges (nothing more is sent to it)."""
         peer = session.peer
         if self._sessions.get(peer.address) is session:
             del self._sessions[peer.address]
         self._half_open.pop(session, None)
         self._idle.pop(session, None)
-        if session.state is _HANDSHAKING or session.state is _ESTABLISHED:
-            session.state = State.CLOSED
+        session.abort(error)  # no-op for a session that has ended already
         self.layer.cancel_peer(peer, self._clock())
         events = self._events
         if events is not None:
-            events.peer_failed(peer, error if isinstance(error, NetworkError) else NetworkError(str(error)))
+            events.peer_failed(peer, error)
 
-    def _close_session(self, session: Session, error: Exception) -> None:
+    def _close_session(self, session: Session, error: DtlsError) -> None:
         session.close()
         self._send_handshake(session)
         self._remove(session, error)
@@ -216,6 +215,16 @@ class DTLSTransport(UDPTransport):
         elif session.state is _HANDSHAKING:
             session.send(data)  # held until the handshake is done
 
+    def _network_error(self, remote: Peer, error: OSError) -> None:
+        """An ICMP error about a peer: its session is gone too (a new request starts a new one)."""
+        super()._network_error(remote, error)
+        session = remote.connection
+        if isinstance(session, Session) and self._sessions.get(remote.address) is session:
+            del self._sessions[remote.address]
+            self._half_open.pop(session, None)
+            self._idle.pop(session, None)
+            session.abort(DtlsError(f"{remote} is unreachable: {error.strerror or error}"))
+
     async def drain(self) -> None:
         """Send close_notify to every established session (the Context's exit); synchronous, so
         cancellation cannot interrupt it."""
@@ -255,6 +264,9 @@ class DTLSTransport(UDPTransport):
                     break
                 except OSError:
                     self._read_error_queue()
+                    continue
+                if not data:
+                    self.dropped += 1
                     continue
                 session = sessions.get(address)
                 if session is None or (data[:1] == b"\x16" and session.state is _ESTABLISHED

@@ -2,10 +2,11 @@
 
 pyOpenSSL has public DTLS support (``DTLS_METHOD``, memory BIOs, ``DTLSv1_listen``, cookie callbacks,
 ``DTLSv1_get_timeout``) but no PSK API. OpenSSL's PSK callbacks are reachable through the cffi binding
-that pyOpenSSL itself uses (``OpenSSL._util.lib``, from ``cryptography.hazmat.bindings``), and the
-``SSL *`` of a connection is its private ``_ssl`` attribute. Everything that depends on those lives here,
-the versions are pinned in the ``dtls`` extra, and :func:`check` (run by the tests and on first use)
-fails loudly when an upgrade removes what is needed.
+that pyOpenSSL itself uses (``OpenSSL._util.lib``, from ``cryptography.hazmat.bindings``); a context's
+``SSL_CTX *`` is its private ``_context``, and the callback finds the Python connection of its ``SSL *``
+in pyOpenSSL's private ``Connection._reverse_mapping``. Everything that depends on those lives here, the
+versions are pinned in the ``dtls`` extra, and :func:`check` (run by the tests and by every
+:class:`~coapio.protocol.dtls.engine.Endpoint`) fails loudly when an upgrade removes what is needed.
 """
 
 from __future__ import annotations
@@ -20,20 +21,15 @@ from .errors import CredentialsError
 try:
     from OpenSSL._util import ffi as _ffi
     from OpenSSL._util import lib as _lib
-except ImportError:  # pragma: no cover - checked by check()
+except ImportError:  # pragma: no cover - reported by check()
     _ffi = _lib = None
 
-__all__ = ["check", "psk_identity", "set_psk_client", "set_psk_server"]
+__all__ = ["check", "set_psk_client", "set_psk_server"]
 
 #: What this module needs from the binding.
-_NEEDED = ("Cryptography_HAS_PSK", "SSL_CTX_set_psk_client_callback", "SSL_CTX_set_psk_server_callback",
-           "SSL_CTX_use_psk_identity_hint")
-
-# Identities the PSK server callback accepted, by the address of the SSL object (read once, after the
-# handshake, by psk_identity): the callback cannot reach the Python Connection otherwise.
-_identities: dict[int, bytes] = {}
-# The cffi callbacks must live as long as the contexts they were installed in.
-_keep: dict[int, tuple[SSL.Context, Any]] = {}
+_NEEDED = ("Cryptography_HAS_PSK", "SSL_CTX_set_psk_client_callback", "SSL_CTX_set_psk_server_callback")
+#: The attribute of a pyOpenSSL Context that keeps its cffi callback alive as long as the context.
+_KEEP = "_coapio_psk_callback"
 
 
 def check() -> None:
@@ -45,35 +41,36 @@ def check() -> None:
     if missing or not _lib.Cryptography_HAS_PSK:
         raise ImportError(f"the OpenSSL binding lacks {', '.join(missing) or 'PSK support'}: "
                           "this pyOpenSSL/cryptography is not supported by coapio's DTLS")
-    if not hasattr(SSL.Connection(SSL.Context(SSL.DTLS_METHOD), None), "_ssl"):
-        raise ImportError("pyOpenSSL's Connection._ssl is gone: not supported by coapio's DTLS")
+    context = SSL.Context(SSL.DTLS_METHOD)
+    connection = SSL.Connection(context, None)
+    if not hasattr(context, "_context") or not hasattr(connection, "_ssl") \
+            or SSL.Connection._reverse_mapping.get(connection._ssl) is not connection:
+        raise ImportError("pyOpenSSL's Context._context or Connection._ssl/_reverse_mapping changed: "
+                          "this pyOpenSSL is not supported by coapio's DTLS")
 
 
-def _pointer(ssl: Any) -> int:
-    return int(_ffi.cast("uintptr_t", ssl))
-
-
-def set_psk_server(context: SSL.Context, lookup: Callable[[bytes], bytes | None], hint: bytes = b"") -> None:
+def set_psk_server(context: SSL.Context, lookup: Callable[[bytes], bytes | None],
+                   accepted: Callable[[SSL.Connection, bytes], None]) -> None:
     """Accept PSK clients on ``context``: ``lookup(identity)`` returns the key, or None (unknown
-    identity: the handshake fails with the alert unknown_psk_identity)."""
+    identity: the handshake fails with the alert unknown_psk_identity); ``accepted(connection,
+    identity)`` is told which identity a connection's handshake uses."""
 
     def server_callback(ssl: Any, identity: Any, psk: Any, max_psk_len: int) -> int:
         try:
             name = _ffi.string(identity) if identity != _ffi.NULL else b""
             key = lookup(name)
-            if key is None or len(key) > max_psk_len:
+            connection = SSL.Connection._reverse_mapping.get(ssl)
+            if key is None or len(key) > max_psk_len or connection is None:
                 return 0
             _ffi.memmove(psk, key, len(key))
-            _identities[_pointer(ssl)] = name
+            accepted(connection, name)
             return len(key)
         except Exception:  # an exception must not cross into C; the handshake fails instead
             return 0
 
     callback = _ffi.callback("unsigned int(*)(SSL *, char *, unsigned char *, unsigned int)", server_callback)
     _lib.SSL_CTX_set_psk_server_callback(context._context, callback)
-    if hint:
-        _lib.SSL_CTX_use_psk_identity_hint(context._context, hint)
-    _keep[id(context)] = (context, callback)
+    setattr(context, _KEEP, callback)
 
 
 def set_psk_client(context: SSL.Context, identity: bytes, key: bytes) -> None:
@@ -82,7 +79,7 @@ def set_psk_client(context: SSL.Context, identity: bytes, key: bytes) -> None:
         raise CredentialsError("a PSK needs a non-empty identity and key")
 
     def client_callback(ssl: Any, hint: Any, out_identity: Any, max_identity_len: int, psk: Any,
-                 max_psk_len: int) -> int:
+                        max_psk_len: int) -> int:
         if len(identity) + 1 > max_identity_len or len(key) > max_psk_len:
             return 0
         _ffi.memmove(out_identity, identity + b"\0", len(identity) + 1)
@@ -94,19 +91,4 @@ def set_psk_client(context: SSL.Context, identity: bytes, key: bytes) -> None:
         client_callback,
     )
     _lib.SSL_CTX_set_psk_client_callback(context._context, callback)
-    _keep[id(context)] = (context, callback)
-
-
-def release(context: SSL.Context) -> None:
-    """Forget the callbacks kept for ``context`` (it is no longer used)."""
-    _keep.pop(id(context), None)
-
-
-def psk_identity(connection: SSL.Connection) -> bytes | None:
-    """The PSK identity the server callback accepted for ``connection`` (taken: asked once)."""
-    return _identities.pop(_pointer(connection._ssl), None)
-
-
-def forget(connection: SSL.Connection) -> None:
-    """Drop what was recorded for a connection that is going away (a failed handshake)."""
-    _identities.pop(_pointer(connection._ssl), None)
+    setattr(context, _KEEP, callback)

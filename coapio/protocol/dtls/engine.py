@@ -123,6 +123,8 @@ class Session:
         self._verify_problem: str | None = None
         #: The host a client expects the server's certificate to name.
         self.expected_host: str | None = None
+        #: The PSK identity the server's callback accepted for this handshake.
+        self.psk_identity: bytes | None = None
         connection.set_app_data(self)
 
     def __repr__(self) -> str:
@@ -224,6 +226,10 @@ class Session:
             self._end(error, State.FAILED)
             raise error from None
 
+    def abort(self, error: DtlsError) -> None:
+        """End the session without sending anything (its peer is unreachable, or it was dropped)."""
+        self._end(error, State.FAILED)
+
     def datagrams_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
         return out
@@ -257,7 +263,7 @@ class Session:
         self.state = State.ESTABLISHED
         self._timer = None
         if self.server:
-            identity = _binding.psk_identity(connection)
+            identity = self.psk_identity
             if identity is not None:
                 self.security = Security("dtls-psk", identity.decode("utf-8", "replace"), self)
             else:
@@ -298,7 +304,6 @@ class Session:
         self.error = error
         self._pending = []
         self._timer = None
-        _binding.forget(self._connection)
 
     def _name(self) -> str:
         return "the client" if self.server else "the server"
@@ -325,6 +330,12 @@ class Session:
         reasons = [part[2] for part in exc.args[0] if isinstance(part, tuple) and len(part) == 3] \
             if exc.args and isinstance(exc.args[0], list) else []
         return HandshakeFailed(f"{what}: {'; '.join(reasons) or exc}")
+
+
+def _psk_accepted(connection: SSL.Connection, identity: bytes) -> None:
+    session = connection.get_app_data()
+    if isinstance(session, Session):
+        session.psk_identity = identity
 
 
 def _info(connection: SSL.Connection, where: int, ret: int) -> None:
@@ -374,7 +385,7 @@ class Endpoint:
         context = self._base_context()
         ciphers = []
         if credentials.has_psk:
-            _binding.set_psk_server(context, credentials.server_psk)
+            _binding.set_psk_server(context, credentials.server_psk, _psk_accepted)
             ciphers.append(_PSK_CIPHERS)
         if credentials.cert is not None:
             self._load_certificate(context)
