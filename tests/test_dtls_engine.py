@@ -195,3 +195,17 @@ def test_a_psk_server_takes_clients_that_speak_only_ccm_8() -> None:
     client, server = handshake(client_endpoint, server_endpoint, PSK)
     assert server.state is State.ESTABLISHED, server.error
     assert client._connection.get_cipher_name() == "PSK-AES128-CCM8"
+
+
+def test_a_forged_record_is_dropped_and_the_session_goes_on() -> None:
+    """The one-call hot path falls back to pyOpenSSL for anything but success: a record that does not
+    decrypt is dropped silently (RFC 6347 §4.1.2.7), and the next genuine one is read."""
+    client_endpoint, server_endpoint = psk_pair()
+    client, server = handshake(client_endpoint, server_endpoint, PSK)
+    genuine = client.seal(b"\x50\x01\x00\x07")
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 1])
+    assert server.receive(forged, 1.0) == []
+    assert server.state is State.ESTABLISHED
+    assert server.receive(client.seal(b"\x50\x01\x00\x08"), 1.0) == [b"\x50\x01\x00\x08"]
+    assert server.receive(genuine, 1.0) == [b"\x50\x01\x00\x07"]  # late, but never seen: taken
+    assert server.receive(genuine, 1.0) == []  # a replay is dropped

@@ -24,10 +24,13 @@ try:
 except ImportError:  # pragma: no cover - reported by check()
     _ffi = _lib = None
 
-__all__ = ["check", "set_psk_client", "set_psk_server"]
+__all__ = ["Records", "check", "set_psk_client", "set_psk_server"]
 
 #: What this module needs from the binding.
-_NEEDED = ("Cryptography_HAS_PSK", "SSL_CTX_set_psk_client_callback", "SSL_CTX_set_psk_server_callback")
+_NEEDED = ("Cryptography_HAS_PSK", "SSL_CTX_set_psk_client_callback", "SSL_CTX_set_psk_server_callback",
+           "SSL_read", "SSL_write", "BIO_read", "BIO_write")
+#: The largest plaintext of one DTLS record (RFC 6347 §4.1: 2^14 bytes), and of the ciphertext read back.
+_RECORD = 16384 + 2048
 #: The attribute of a pyOpenSSL Context that keeps its cffi callback alive as long as the context.
 _KEEP = "_coapio_psk_callback"
 
@@ -44,9 +47,10 @@ def check() -> None:
     context = SSL.Context(SSL.DTLS_METHOD)
     connection = SSL.Connection(context, None)
     if not hasattr(context, "_context") or not hasattr(connection, "_ssl") \
+            or not hasattr(connection, "_into_ssl") or not hasattr(connection, "_from_ssl") \
             or SSL.Connection._reverse_mapping.get(connection._ssl) is not connection:
-        raise ImportError("pyOpenSSL's Context._context or Connection._ssl/_reverse_mapping changed: "
-                          "this pyOpenSSL is not supported by coapio's DTLS")
+        raise ImportError("pyOpenSSL's Context._context or Connection._ssl/_into_ssl/_from_ssl/"
+                          "_reverse_mapping changed: this pyOpenSSL is not supported by coapio's DTLS")
 
 
 def set_psk_server(context: SSL.Context, lookup: Callable[[bytes], bytes | None],
@@ -92,3 +96,40 @@ def set_psk_client(context: SSL.Context, identity: bytes, key: bytes) -> None:
     )
     _lib.SSL_CTX_set_psk_client_callback(context._context, callback)
     setattr(context, _KEEP, callback)
+
+
+class Records:
+    """Application data in and out of an established memory-BIO connection in one OpenSSL call each way.
+
+    pyOpenSSL's ``bio_write``/``recv``/``send``/``bio_read`` allocate a buffer and check the error queue
+    on every call, which costs more than the cryptography of a CoAP-sized record; this is the hot path of
+    every DTLS message. Anything but plain success returns None, and the caller asks pyOpenSSL, which
+    raises the error OpenSSL reports (a closed session, an alert, a record that did not decrypt).
+    """
+
+    __slots__ = ("_buffer", "_in", "_out", "_ssl")
+
+    def __init__(self, connection: SSL.Connection):
+        self._ssl = connection._ssl
+        self._in = connection._into_ssl
+        self._out = connection._from_ssl
+        self._buffer = _ffi.new("char[]", _RECORD)  # one per session, reused
+
+    def open(self, datagram: bytes) -> bytes | None:
+        """Write ``datagram`` into the connection and read one record's plaintext; None: no plaintext
+        (ask pyOpenSSL's ``recv`` why: it raises WantReadError when there is simply nothing)."""
+        if _lib.BIO_write(self._in, datagram, len(datagram)) != len(datagram):
+            return None
+        n = _lib.SSL_read(self._ssl, self._buffer, _RECORD)
+        if n <= 0:
+            return None
+        return _ffi.buffer(self._buffer, n)[:]  # type: ignore[no-any-return]
+
+    def seal(self, plaintext: bytes) -> bytes | None:
+        """The datagram carrying ``plaintext`` as one record; None when OpenSSL refused to write it."""
+        if _lib.SSL_write(self._ssl, plaintext, len(plaintext)) != len(plaintext):
+            return None
+        n = _lib.BIO_read(self._out, self._buffer, _RECORD)
+        if n <= 0:
+            return None
+        return _ffi.buffer(self._buffer, n)[:]  # type: ignore[no-any-return]

@@ -121,6 +121,7 @@ class Session:
         self._timer: float | None = None
         self._alert: tuple[bool, int] | None = None  # (received, description) of the last fatal alert
         self._verify_problem: str | None = None
+        self._records: _binding.Records | None = None  # the hot path, once established
         #: The host a client expects the server's certificate to name.
         self.expected_host: str | None = None
         #: The PSK identity the server's callback accepted for this handshake.
@@ -143,22 +144,37 @@ class Session:
     def receive(self, datagram: bytes, now: float) -> list[bytes]:
         """Take one datagram from the peer; return the application data it carried (each a CoAP
         message). Afterwards :meth:`datagrams_to_send` holds any handshake or alert records to send."""
-        if self.state is State.CLOSED or self.state is State.FAILED:
+        state = self.state
+        if state is State.CLOSED or state is State.FAILED:
             return []
         self.last_activity = now
-        connection = self._connection
+        # The usual datagram is one application-data record: one read takes all of it (a second read,
+        # to learn that nothing is left, would cost as much as the first).
+        single = len(datagram) > 12 and datagram[0] == records.APPLICATION_DATA \
+            and len(datagram) == records.HEADER_SIZE + (datagram[11] << 8 | datagram[12])
+        fast = self._records
+        if single and fast is not None:
+            plaintext = fast.open(datagram)
+            return [plaintext] if plaintext is not None else self._read(datagram, single)
         try:
-            connection.bio_write(datagram)
+            self._connection.bio_write(datagram)
         except SSL.Error:
             return []
-        if self.state is State.HANDSHAKING:
+        if state is State.HANDSHAKING:
             self._handshake(now)
             if not self.established:
                 return []
+        return self._read(datagram, single)
+
+    def _read(self, datagram: bytes, single: bool) -> list[bytes]:
+        """The plaintexts of what was written into the connection; a close_notify or an error ends it."""
+        connection = self._connection
         plaintexts = []
         while True:
             try:
                 plaintexts.append(connection.recv(_READ))
+                if single:
+                    break
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -217,7 +233,12 @@ class Session:
 
     def seal(self, plaintext: bytes) -> bytes:
         """The datagram carrying ``plaintext`` as one record (the session must be established)."""
-        connection = self._connection
+        fast = self._records
+        if fast is not None:
+            sealed = fast.seal(plaintext)
+            if sealed is not None:
+                return sealed
+        connection = self._connection  # pyOpenSSL's calls raise the error OpenSSL reports
         try:
             connection.send(plaintext)
             return connection.bio_read(_READ)
@@ -262,6 +283,7 @@ class Session:
         connection = self._connection
         self.state = State.ESTABLISHED
         self._timer = None
+        self._records = _binding.Records(connection)
         if self.server:
             identity = self.psk_identity
             if identity is not None:
@@ -304,6 +326,7 @@ class Session:
         self.error = error
         self._pending = []
         self._timer = None
+        self._records = None
 
     def _name(self) -> str:
         return "the client" if self.server else "the server"
