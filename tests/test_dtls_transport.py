@@ -403,3 +403,21 @@ async def test_a_lost_flight_is_retransmitted_on_the_engines_timer() -> None:
                     assert response.payload == b"client1 (dtls-psk)"
                 nursery.cancel_scope.cancel()
         assert dropped == 1
+
+
+async def test_the_session_table_is_bounded_and_the_least_recently_active_makes_room() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS,
+                       tuning=TransportTuning(max_connections=3)) as server:
+        transport = server_transport(server)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client()) for _ in range(5)]
+            with trio.fail_after(20):
+                for ctx in clients:
+                    assert (await ctx.get(base_uri(server) + "/whoami")).payload == b"client1 (dtls-psk)"
+                    assert len(transport.sessions) <= 3
+                # The oldest clients' sessions were closed (close_notify) to make room: theirs end too,
+                # and their next request opens a new session.
+                await until(lambda: not server_transport(clients[0]).sessions)
+                assert (await clients[0].get(base_uri(server) + "/whoami")).code is Code.CONTENT
+                assert len(transport.sessions) <= 3
