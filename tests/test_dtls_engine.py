@@ -209,3 +209,13 @@ def test_a_forged_record_is_dropped_and_the_session_goes_on() -> None:
     assert server.receive(client.seal(b"\x50\x01\x00\x08"), 1.0) == [b"\x50\x01\x00\x08"]
     assert server.receive(genuine, 1.0) == [b"\x50\x01\x00\x07"]  # late, but never seen: taken
     assert server.receive(genuine, 1.0) == []  # a replay is dropped
+
+
+def test_a_client_session_authenticates_only_the_names_its_server_proved(certs: dict[str, str]) -> None:
+    server_endpoint = Endpoint(DtlsCredentials(cert=certs["cert"], key=certs["key"]), server=True)
+    client, _ = handshake(Endpoint(DtlsCredentials(ca=certs["ca"]), server=False), server_endpoint, None,
+                          host="localhost")
+    assert client.authenticates("localhost", None) and client.authenticates("LOCALHOST", None)
+    assert client.authenticates("127.0.0.1", None)  # the certificate names both
+    assert not client.authenticates("elsewhere.example", None)
+    assert not client.authenticates("localhost", PSK)  # another kind of credential

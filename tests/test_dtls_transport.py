@@ -421,3 +421,22 @@ async def test_the_session_table_is_bounded_and_the_least_recently_active_makes_
                 await until(lambda: not server_transport(clients[0]).sessions)
                 assert (await clients[0].get(base_uri(server) + "/whoami")).code is Code.CONTENT
                 assert len(transport.sessions) <= 3
+
+
+async def test_a_session_is_reused_only_for_names_its_certificate_covers(tmp_path: object) -> None:
+    """One socket has one session per server address: a request for another name at that address may
+    use it only when the server's certificate names that host too."""
+    first = socket.getaddrinfo("localhost", 5684, type=socket.SOCK_DGRAM)[0]
+    if first[4][0] != "127.0.0.1":
+        pytest.skip("localhost does not resolve to 127.0.0.1 first here")
+    certs = make_certificates(tmp_path, trustme, names=("localhost",))  # type: ignore[arg-type]
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s,
+                       dtls=DtlsCredentials(cert=certs["cert"], key=certs["key"])) as server:
+        port = server_transport(server).local_address[1]
+        async with Context(dtls=DtlsCredentials(ca=certs["ca"])) as ctx:
+            with trio.fail_after(10):
+                assert (await ctx.get(f"coaps://localhost:{port}/whoami")).code is Code.CONTENT
+                with pytest.raises(NetworkError, match=r"authenticated for localhost, not 127\.0\.0\.1"):
+                    await ctx.get(f"coaps://127.0.0.1:{port}/whoami")
+                assert ctx.counters.live_tokens == 0

@@ -108,13 +108,18 @@ class DTLSTransport(UDPTransport):
             return None
         address = target.address
         session = self._sessions.get(address)
+        psk = self.credentials.client_psk(host, port)
         if session is not None and session.state in (_ESTABLISHED, _HANDSHAKING):
+            if not session.authenticates(host, psk):
+                # One socket has one session per server address; it was authenticated for another name.
+                raise NetworkError(f"the DTLS session with {session.peer} was authenticated for "
+                                   f"{session.expected_host}, not {host}; the request was not sent")
             peer: Peer = session.peer
             return peer
         if len(self._sessions) >= self.layer.tuning.max_connections:
             self._evict_idle_or_fail()
         now = self._clock()
-        session = self.client.connect(host, self.credentials.client_psk(host, port), now)
+        session = self.client.connect(host, psk, now)
         self._add(session, address)
         self._send_handshake(session)
         self._check(session, now)

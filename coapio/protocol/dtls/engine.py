@@ -135,6 +135,21 @@ class Session:
     def established(self) -> bool:
         return self.state is State.ESTABLISHED
 
+    def authenticates(self, host: str, psk: Psk | None) -> bool:
+        """Whether this client session may carry requests for ``host`` that would use ``psk``: the same
+        PSK, or certificates with the server's certificate naming ``host`` (checked once the handshake is
+        done; a session still handshaking fits only the host it was opened for)."""
+        if psk != self._psk:
+            return False
+        if psk is not None or not self.endpoint.credentials.check_hostname:
+            return True
+        if self.expected_host is not None and host.lower() == self.expected_host.lower():
+            return True
+        if self.state is not State.ESTABLISHED:
+            return False
+        certificate = self._connection.get_peer_certificate(as_cryptography=True)
+        return certificate is not None and _names_host(certificate, host)
+
     # --- input -----------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
