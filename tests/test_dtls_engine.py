@@ -219,3 +219,18 @@ def test_a_client_session_authenticates_only_the_names_its_server_proved(certs: 
     assert client.authenticates("127.0.0.1", None)  # the certificate names both
     assert not client.authenticates("elsewhere.example", None)
     assert not client.authenticates("localhost", PSK)  # another kind of credential
+
+
+def test_cookies_expire_with_the_key_that_made_them() -> None:
+    from coapio.protocol.dtls.engine import COOKIE_LIFETIME
+
+    client_endpoint, server_endpoint = psk_pair()
+    client = client_endpoint.connect("127.0.0.1", PSK, 0.0)
+    client.receive(server_endpoint.accept(client.datagrams_to_send()[0], ADDRESS, 0.0)[1] or b"", 0.0)
+    with_cookie = client.datagrams_to_send()[0]
+    # One rotation later the cookie is still good; two rotations later it only buys a new HVR.
+    session, _ = server_endpoint.accept(with_cookie, ADDRESS, COOKIE_LIFETIME)
+    assert session is not None
+    server_endpoint.accept(with_cookie, ("192.0.2.9", 1), 2 * COOKIE_LIFETIME)  # rotates again
+    session, reply = server_endpoint.accept(with_cookie, ADDRESS, 2 * COOKIE_LIFETIME)
+    assert session is None and reply is not None

@@ -33,7 +33,7 @@ from . import _binding, records
 from .credentials import DtlsCredentials, Psk
 from .errors import CredentialsError, DtlsError, HandshakeFailed, RecordError, SessionClosed
 
-__all__ = ["DEFAULT_MTU", "Endpoint", "Session", "State"]
+__all__ = ["COOKIE_LIFETIME", "DEFAULT_MTU", "Endpoint", "Session", "State"]
 
 #: The largest datagram the engine makes (IPv6's minimum MTU minus the IP and UDP headers is 1232; CoAP
 #: messages of 1 KiB blocks fit with the DTLS overhead).
@@ -54,6 +54,8 @@ _CERT_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECD
                 "ECDHE-ECDSA-AES128-CCM:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:" \
                 "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
 _COOKIE_SIZE = 16
+#: Seconds one cookie key is used (RFC 6347 §4.2.1 asks for a secret that changes now and then).
+COOKIE_LIFETIME = 300.0
 
 # TLS alert descriptions worth naming in an error (RFC 5246 §7.2, RFC 4279 §2).
 _ALERTS = {
@@ -398,7 +400,11 @@ class Endpoint:
         self.server = server
         self.mtu = mtu
         self.handshake_timeout = handshake_timeout
+        # The cookie key changes every COOKIE_LIFETIME seconds; a cookie made with the previous one is
+        # still good (a client between its two hellos), older ones are not.
         self._secret = os.urandom(32)
+        self._previous = self._secret
+        self._rotated: float | None = None
         self._client_contexts: dict[tuple[Psk | None, bool], SSL.Context] = {}
         self._server_context: SSL.Context | None = None
         self._listener: SSL.Connection | None = None
@@ -498,6 +504,11 @@ class Endpoint:
         listener = self._listener
         if listener is None or not records.is_client_hello(datagram):
             return None, None
+        if self._rotated is None:
+            self._rotated = now
+        elif now - self._rotated >= COOKIE_LIFETIME:
+            self._previous, self._secret = self._secret, os.urandom(32)
+            self._rotated = now
         self._cookie_input = repr(address[:2]).encode()
         try:
             try:
@@ -531,11 +542,13 @@ class Endpoint:
 
     # --- callbacks -------------------------------------------------------------------------------
 
-    def _cookie(self, connection: SSL.Connection) -> bytes:
-        return hmac.new(self._secret, self._cookie_input, hashlib.sha256).digest()[:_COOKIE_SIZE]
+    def _cookie(self, connection: SSL.Connection, secret: bytes | None = None) -> bytes:
+        key = self._secret if secret is None else secret
+        return hmac.new(key, self._cookie_input, hashlib.sha256).digest()[:_COOKIE_SIZE]
 
     def _cookie_ok(self, connection: SSL.Connection, cookie: bytes) -> bool:
-        return hmac.compare_digest(cookie, self._cookie(connection))
+        return hmac.compare_digest(cookie, self._cookie(connection)) or \
+            hmac.compare_digest(cookie, self._cookie(connection, self._previous))
 
     def _verify(self, connection: SSL.Connection, certificate: Any, errno: int, depth: int, ok: int) -> bool:
         session = connection.get_app_data()
