@@ -4,6 +4,8 @@ name their cause, close_notify; and the private OpenSSL binding the PSK support 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("OpenSSL")
 trustme = pytest.importorskip("trustme")
@@ -234,3 +236,21 @@ def test_cookies_expire_with_the_key_that_made_them() -> None:
     server_endpoint.accept(with_cookie, ("192.0.2.9", 1), 2 * COOKIE_LIFETIME)  # rotates again
     session, reply = server_endpoint.accept(with_cookie, ADDRESS, 2 * COOKIE_LIFETIME)
     assert session is None and reply is not None
+
+
+_FUZZ_CLIENT, _FUZZ_SERVER = psk_pair()
+_FUZZ_SESSIONS = handshake(_FUZZ_CLIENT, _FUZZ_SERVER, PSK)
+
+
+@given(st.binary(max_size=400), st.sampled_from([b"", b"\x16\xfe\xfd\x00\x00", b"\x17\xfe\xfd\x00\x01",
+                                                 b"\x15\xfe\xfd\x00\x01", b"\x14\xfe\xfd\x00\x00"]))
+def test_hostile_datagrams_neither_raise_nor_break_an_established_session(tail: bytes, head: bytes) -> None:
+    client, server = _FUZZ_SESSIONS
+    data = head + tail
+    session, reply = _FUZZ_SERVER.accept(data, ("192.0.2.1", 9), 0.0)
+    assert session is None or session.state in (State.HANDSHAKING, State.FAILED)
+    assert reply is None or len(reply) <= len(data)
+    server.receive(data, 0.0)
+    server.datagrams_to_send()
+    assert server.state is State.ESTABLISHED
+    assert server.receive(client.seal(b"\x50\x01\x00\x09"), 0.0) == [b"\x50\x01\x00\x09"]
