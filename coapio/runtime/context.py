@@ -121,14 +121,17 @@ class Context:
     ``bind`` lists the addresses to serve on: ``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` for
     UDP, or a URI naming the transport: ``"coap://host:port"`` (UDP), ``"coap+tcp://host:port"``,
     ``"coaps+tcp://…"`` (TLS: needs ``server_ssl``), ``"coap+ws://…"``, ``"coaps+ws://…"`` (WebSockets;
-    the ``ws`` extra). Without it a client-only context binds one ephemeral dual-stack UDP socket, and a
-    context with a ``site`` binds UDP ``[::]:5683``. Client connections for the TCP, TLS and WebSocket
+    the ``ws`` extra), ``"coaps://…"`` (DTLS: needs ``dtls``, the ``dtls`` extra). Without it a
+    client-only context binds one ephemeral dual-stack UDP socket, and a context with a ``site`` binds
+    UDP ``[::]:5683``. Client connections for the TCP, TLS and WebSocket
     schemes are opened on first use; ``client_ssl`` verifies TLS servers (default: the system's trust
     store; see :mod:`coapio.transports.tls`). ``schemes`` limits the URI schemes requests may use (e.g.
     ``{"coaps+tcp"}`` for a client that must never send plaintext); a request for another one is
     :class:`~coapio.error.NoTransport`. ``transports`` adds transports of your own (see
     docs/architecture.rst, "Writing a transport"). ``tuning`` sets the transmission parameters and memory
-    bounds of every transport.
+    bounds of every transport. ``dtls`` (:class:`~coapio.protocol.dtls.DtlsCredentials`) is how this
+    endpoint authenticates over ``coaps://``, as a server and as a client (see docs/dtls.rst); a client
+    without it verifies DTLS servers' certificates against the system's trust store.
     """
 
     def __init__(
