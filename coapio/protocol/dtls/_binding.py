@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - reported by check()
     _ffi = _lib = None
 
-__all__ = ["Records", "check", "set_psk_client", "set_psk_server"]
+__all__ = ["Records", "check", "record_buffer", "set_psk_client", "set_psk_server"]
 
 #: What this module needs from the binding.
 _NEEDED = ("Cryptography_HAS_PSK", "SSL_CTX_set_psk_client_callback", "SSL_CTX_set_psk_server_callback",
@@ -98,6 +98,11 @@ def set_psk_client(context: SSL.Context, identity: bytes, key: bytes) -> None:
     setattr(context, _KEEP, callback)
 
 
+def record_buffer() -> Any:
+    """A buffer for :class:`Records` that one endpoint's sessions share (they are used one at a time)."""
+    return _ffi.new("char[]", _RECORD)
+
+
 class Records:
     """Application data in and out of an established memory-BIO connection in one OpenSSL call each way.
 
@@ -109,11 +114,11 @@ class Records:
 
     __slots__ = ("_buffer", "_in", "_out", "_ssl")
 
-    def __init__(self, connection: SSL.Connection):
+    def __init__(self, connection: SSL.Connection, buffer: Any):
         self._ssl = connection._ssl
         self._in = connection._into_ssl
         self._out = connection._from_ssl
-        self._buffer = _ffi.new("char[]", _RECORD)  # one per session, reused
+        self._buffer = buffer  # shared by an endpoint's sessions: each call copies its result out
 
     def open(self, datagram: bytes) -> bytes | None:
         """Write ``datagram`` into the connection and read one record's plaintext; None: no plaintext

@@ -300,7 +300,7 @@ class Session:
         connection = self._connection
         self.state = State.ESTABLISHED
         self._timer = None
-        self._records = _binding.Records(connection)
+        self._records = _binding.Records(connection, self.endpoint.buffer)
         if self.server:
             identity = self.psk_identity
             if identity is not None:
@@ -409,6 +409,8 @@ class Endpoint:
         self._server_context: SSL.Context | None = None
         self._listener: SSL.Connection | None = None
         self._cookie_input = b""
+        #: The plaintext/ciphertext buffer of the sessions' hot path (one at a time uses it).
+        self.buffer = _binding.record_buffer()
         if server:
             if not (credentials.has_psk or credentials.has_certificate):
                 raise CredentialsError("a coaps server needs PSK identities or a certificate")
