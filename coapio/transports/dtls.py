@@ -21,7 +21,6 @@ layer sends meanwhile is held by the session and sealed once the handshake is do
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 from collections import OrderedDict
@@ -132,7 +131,8 @@ class DTLSTransport(UDPTransport):
             oldest = next(iter(self._idle))
             self._close_session(oldest, SessionClosed("closed to make room for a new DTLS session"))
         else:
-            raise NetworkError(errno.EAGAIN, "too many DTLS sessions (max_connections)")
+            raise NetworkError(f"{len(self._sessions)} DTLS sessions are handshaking (max_connections); "
+                               "the request was not sent")
 
     def _add(self, session: Session, address: Address) -> None:
         session.peer = Peer("coaps", address, session)
