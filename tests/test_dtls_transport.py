@@ -440,3 +440,10 @@ async def test_a_session_is_reused_only_for_names_its_certificate_covers(tmp_pat
                 with pytest.raises(NetworkError, match=r"authenticated for localhost, not 127\.0\.0\.1"):
                     await ctx.get(f"coaps://127.0.0.1:{port}/whoami")
                 assert ctx.counters.live_tokens == 0
+
+
+async def test_a_coaps_bind_without_credentials_to_serve_is_refused_before_binding() -> None:
+    with pytest.raises(ValueError, match="coaps:// needs credentials"):
+        Context(bind="coaps://127.0.0.1:0")
+    with pytest.raises(ValueError, match="coaps:// needs credentials"):
+        Context(bind="coaps://127.0.0.1:0", dtls=DtlsCredentials())

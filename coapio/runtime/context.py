@@ -166,8 +166,9 @@ class Context:
                 self._listen.append((scheme, host, port))
             elif scheme == "coaps":
                 _require_dtls()
-                if dtls is None:
-                    raise ValueError("coaps:// needs credentials: pass dtls=DtlsCredentials(...)")
+                if dtls is None or not (dtls.has_psk or dtls.has_certificate):
+                    raise ValueError("coaps:// needs credentials: pass dtls=DtlsCredentials(...) with PSK "
+                                     "identities to accept or a certificate")
                 self._dtls_binds.append((host, port))
             else:
                 raise ValueError(f"cannot serve {scheme}:// ({_NOT_YET.get(scheme, 'unknown scheme')})")
@@ -205,13 +206,14 @@ class Context:
                 sockets.append(self._open_socket(host, port, fallback=not self._binds))
             dtls_sockets = [self._open_socket(host, port, fallback=False) for host, port in self._dtls_binds]
             sockets.extend(dtls_sockets)
+            dtls_transports = [self._dtls_transport(sock) for sock in dtls_sockets]
         except BaseException:
             for sock in sockets:
                 sock.close()
             raise
         transports: list[Transport] = [UDPTransport(sock, self.tuning) for sock in sockets
                                        if sock not in dtls_sockets]
-        transports.extend(self._dtls_transport(sock) for sock in dtls_sockets)
+        transports.extend(dtls_transports)
         for scheme, host, port in self._listen:
             transports.append(self._reliable(scheme, (host, port)))
         transports.extend(self._extra)
