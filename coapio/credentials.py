@@ -1,7 +1,8 @@
 """Credentials: one file, in aiocoap's JSON format, for every security layer of a :class:`~coapio.Context`.
 
 The file maps URI patterns (``"coap://host/*"``: the client's choice of credentials for a request) and
-labels (``":client1"``: what a server accepts) to entries such as ``{"oscore": {"contextfile": "dir/"}}``.
+labels (``":client1"``: what a server accepts) to entries such as ``{"oscore": {"contextfile": "dir/"}}``
+or ``{"dtls": {"psk": {"ascii": "..."}, "client-identity": {"ascii": "..."}}}``.
 Each layer reads the entries of its own kind and ignores the others, so one file serves a client and a
 server, OSCORE and (with the ``dtls`` extra) DTLS. See docs/security.rst.
 """
@@ -10,15 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .protocol.oscore import CredentialsError, CredentialsMap, SecurityContext
+from .error import CredentialsError
+from .protocol.oscore import CredentialsMap, SecurityContext
+
+if TYPE_CHECKING:
+    from .protocol.dtls import DtlsCredentials
 
 __all__ = ["Credentials", "CredentialsError"]
 
 
 class Credentials:
-    """The security material of a Context: OSCORE contexts by URI pattern and by kid.
+    """The security material of a Context: OSCORE contexts by URI pattern and by kid, and the DTLS
+    pre-shared keys of ``coaps://`` (a :class:`~coapio.protocol.dtls.DtlsCredentials`).
 
     Made with :meth:`load` (a file) or :meth:`from_dict` (its parsed JSON). OSCORE contexts keep their
     sequence numbers in their directories: :meth:`close` (or ``with``) records the final position and
@@ -26,16 +32,19 @@ class Credentials:
     instead of a Credentials object loads and closes them itself.
     """
 
-    def __init__(self, *, oscore: CredentialsMap | None = None):
+    def __init__(self, *, oscore: CredentialsMap | None = None, dtls: DtlsCredentials | None = None):
         #: The OSCORE security contexts (None when the credentials name none).
         self.oscore = oscore
+        #: The DTLS credentials (None when the credentials name no pre-shared key).
+        self.dtls = dtls
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **options: Any) -> Credentials:
         """Read a credentials file; relative directories in it are taken from the file's directory.
 
         ``options`` go to :func:`~coapio.protocol.oscore.load_context_directory` (``persist``,
-        ``reserve``). Raises :class:`CredentialsError` for a file or entry that cannot be used, and
+        ``reserve``). Raises :class:`CredentialsError` (OSCORE's or DTLS's subclass) for a file or entry
+        that cannot be used, and
         :class:`~coapio.protocol.oscore.MissingOscoreExtra` when it names OSCORE contexts and the
         ``oscore`` extra is not installed.
         """
@@ -49,8 +58,15 @@ class Credentials:
     @classmethod
     def from_dict(cls, data: Any, *, base: str = ".", **options: Any) -> Credentials:
         """Credentials from a parsed credentials file; ``base`` anchors relative directories."""
+        from .protocol.dtls import DtlsCredentials  # plain Python: the dtls extra is needed to use it
+
         oscore = CredentialsMap.from_dict(data, base=base, **options)
-        return cls(oscore=oscore if any(True for _ in oscore) else None)
+        try:
+            dtls = DtlsCredentials.from_dict(data, base=base)
+        except BaseException:
+            oscore.close()
+            raise
+        return cls(oscore=oscore if any(True for _ in oscore) else None, dtls=dtls if dtls.has_psk else None)
 
     def oscore_for(self, uri: str) -> SecurityContext | None:
         """The OSCORE context a request to ``uri`` is protected with, or None (sent unprotected)."""

@@ -23,6 +23,7 @@ __all__ = [
     "BadRequest",
     "CoapError",
     "Conflict",
+    "CredentialsError",
     "Forbidden",
     "InternalServerError",
     "LinkFormatError",
@@ -106,6 +107,13 @@ class ResetReceived(CoapError):
 
 class NetworkError(CoapError, OSError):
     """The network reported the peer unreachable (an ICMP error, a socket error)."""
+
+
+class CredentialsError(CoapError, ValueError):
+    """Credentials that cannot be used: an unreadable credentials file, a bad entry, a missing key file.
+
+    Each security layer raises its own subclass (OSCORE's, DTLS's); catch this one for either.
+    """
 
 
 class NoTransport(CoapError, ValueError):

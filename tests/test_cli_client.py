@@ -87,7 +87,7 @@ def test_verbose_and_quiet_exclude_each_other(capsys: pytest.CaptureFixture[str]
         (["http://example.com/"], "unsupported scheme"),
         (["coap://[::1/"], "invalid URI"),
         (["coap://example.com/#frag"], "fragment"),
-        (["coaps://127.0.0.1/"], "'coaps' is not supported"),
+        (["--psk", "key", "coaps://127.0.0.1/"], "--psk and --identity go together"),
         (["--content-format", "text/nonsense", "coap://127.0.0.1/"], "--content-format"),
         (["--content-format", "70000", "coap://127.0.0.1/"], "out of range"),
         (["--accept", "application/bogus", "coap://127.0.0.1/"], "--accept"),

@@ -303,7 +303,7 @@ def _encrypted_key(certs: Certs) -> str:
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["coaps://127.0.0.1/"], "CoAP over DTLS is not implemented"),
+        (["--psk", "k", "--identity", "i", "coaps+tcp://127.0.0.1/"], "--psk is a DTLS setting"),
         (["--cert", "{missing}", "coaps+tcp://127.0.0.1/"], "cannot read --cert '{missing}': No such file"),
         (["--ca", "{missing}", "coaps+ws://127.0.0.1/"], "cannot read --ca '{missing}': No such file"),
         (["--cert", "{client_cert}", "--key", "{missing}", "coaps+tcp://127.0.0.1/"], "cannot read --key"),
@@ -315,7 +315,7 @@ def _encrypted_key(certs: Certs) -> str:
         (["--ca", "{ca}", "coap+tcp://127.0.0.1/"], "coap+tcp:// has no TLS (use coaps+tcp://)"),
         (["--cert", "{client_chain}", "coap://127.0.0.1/"], "coap:// has no TLS"),
         (["--bind", "127.0.0.1", "coap+tcp://127.0.0.1/"], "--bind is for coap:// (UDP) only"),
-        (["--non", "coap+ws://127.0.0.1/"], "--non is for coap:// (UDP) only"),
+        (["--non", "coap+ws://127.0.0.1/"], "--non is for coap:// and coaps:// only"),
         (["coap+tcp://127.0.0.1:0/"], "port 0 cannot be sent to"),
     ],
 )
@@ -417,7 +417,7 @@ async def test_server_requires_client_certificates_with_ca(certs: Certs) -> None
         (["--bind", "coaps+ws://127.0.0.1:0", "--cert", "{server}", "--ca", "{missing}"], "cannot read --ca"),
         (["--bind", "coap+tcp://127.0.0.1:0", "--cert", "{server}"], "--cert is for coaps+tcp:// and"),
         (["--ca", "{ca}"], "--ca is for coaps+tcp:// and coaps+ws:// binds"),
-        (["--bind", "coaps://127.0.0.1:0"], "CoAP over DTLS, which is not implemented"),
+        (["--bind", "coaps://127.0.0.1:0"], "a coaps bind needs --credentials FILE"),
         (["--bind", "http://127.0.0.1:0"], "unknown scheme 'http'"),
         (["--bind", "coap+tcp://127.0.0.1:0/path"], "an address only, not a path"),
         (["--bind", "coap+tcp://127.0.0.1:x"], "bad --bind 'coap+tcp://127.0.0.1:x'"),

@@ -406,12 +406,12 @@ def listening_pair() -> tuple[socket.socket, socket.socket]:
 
 @pytest.mark.parametrize("scheme", ["coaps", "coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws"])
 async def test_a_scheme_without_a_transport_raises_no_transport_and_sends_nothing(scheme: str) -> None:
-    """coaps (DTLS) has no transport yet; the RFC 8323 schemes have one, so the Context is limited to
-    ``coap`` for them (``Context(schemes=...)``): either way nothing falls back to plain UDP."""
+    """Each of these schemes has a transport, so the Context is limited to ``coap``
+    (``Context(schemes=...)``): nothing falls back to plain UDP."""
     udp, tcp = listening_pair()
     port = udp.getsockname()[1]
     target = f"{scheme}://127.0.0.1:{port}/secret"
-    limit = None if scheme == "coaps" else {"coap"}
+    limit = {"coap"}
     with udp, tcp:
         async with Context(bind=[LOCAL], schemes=limit) as client:
             with trio.fail_after(5):

@@ -230,7 +230,8 @@ def load_credentials(path: str) -> Any:
     """``--credentials FILE``: the :class:`~coapio.credentials.Credentials` it describes, or a
     :class:`UsageError` saying in one line why not (an unreadable file, a bad entry, a context directory
     in use by another process, the ``oscore`` extra missing)."""
-    from ..protocol.oscore import ContextUnavailable, CredentialsError, MissingOscoreExtra
+    from ..error import CredentialsError
+    from ..protocol.oscore import ContextUnavailable, MissingOscoreExtra
 
     try:
         from ..credentials import Credentials

@@ -18,9 +18,8 @@ if TYPE_CHECKING:
 
 OBSERVABLE_METHODS = ("get", "fetch")
 
-#: The URI schemes coapio-client sends requests over: UDP and the four of RFC 8323 (``coaps``, CoAP over
-#: DTLS, is not implemented).
-SUPPORTED_SCHEMES = ("coap", "coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws")
+#: The URI schemes coapio-client sends requests over: UDP, DTLS (``coaps``) and the four of RFC 8323.
+SUPPORTED_SCHEMES = ("coap", "coaps", "coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws")
 #: The schemes over TLS, where --ca, --cert and --key apply.
 TLS_SCHEMES = ("coaps+tcp", "coaps+ws")
 
@@ -262,11 +261,6 @@ def build_request(args: argparse.Namespace, stdin: BinaryIO | None = None) -> Me
                           uri=args.uri)
     except (error.UriError, OptionLengthError) as e:
         raise UsageError(f"invalid URI {args.uri!r}: {e}") from None
-    if request.scheme == "coaps":
-        raise UsageError(
-            "scheme 'coaps' is not supported: CoAP over DTLS is not implemented (for CoAP over TLS use "
-            "coaps+tcp:// or coaps+ws://)"
-        )
     if request.scheme not in SUPPORTED_SCHEMES:
         raise UsageError(f"scheme {request.scheme!r} is not supported; use {', '.join(SUPPORTED_SCHEMES)}")
     if request.remote is not None and request.remote.port == 0:
@@ -294,7 +288,7 @@ def check_transport(args: argparse.Namespace, scheme: str) -> None:
     ``--key`` are TLS settings, which with a scheme without TLS would protect nothing.
     """
     tls = [f"--{name}" for name in ("ca", "cert", "key") if getattr(args, name, None) is not None]
-    if tls and scheme not in TLS_SCHEMES:
+    if tls and scheme not in TLS_SCHEMES and scheme != "coaps":  # coaps: DTLS takes them too
         secure = "coaps+tcp:// or coaps+ws://" if scheme == "coap" else scheme.replace("coap+", "coaps+") + "://"
         raise UsageError(f"{tls[0]} is a TLS setting, and {scheme}:// has no TLS (use {secure})")
     if scheme == "coap":
@@ -302,5 +296,6 @@ def check_transport(args: argparse.Namespace, scheme: str) -> None:
     if getattr(args, "bind", None) is not None:
         raise UsageError(f"--bind is for coap:// (UDP) only; a {scheme}:// connection is made from an "
                          "address the system chooses")
-    if getattr(args, "non", False):
-        raise UsageError(f"--non is for coap:// (UDP) only; {scheme}:// messages have no type (RFC 8323)")
+    if getattr(args, "non", False) and scheme != "coaps":  # DTLS carries the UDP message layer
+        raise UsageError(f"--non is for coap:// and coaps:// only; {scheme}:// messages have no type "
+                         "(RFC 8323)")

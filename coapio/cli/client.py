@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
+from . import _dtls
 from ._common import (
     EXIT_OK,
     OneLineParser,
@@ -51,6 +52,7 @@ from ._request import (
 if TYPE_CHECKING:
     import ssl
 
+    from ..protocol.dtls import DtlsCredentials
     from ..protocol.message import Message
     from ..protocol.tuning import TransportTuning
 
@@ -114,11 +116,15 @@ error); --timeout bounds only the wait for the first response.
 
 The URI's scheme picks the transport: coap:// is UDP; coap+tcp:// and coaps+tcp:// are TCP and
 TLS, coap+ws:// and coaps+ws:// WebSockets over TCP and TLS (RFC 8323; the WebSockets need
-pip install 'coapio[ws]'). coaps:// (DTLS) is not implemented. Over TLS the server's certificate
+pip install 'coapio[ws]'); coaps:// is DTLS (pip install 'coapio[dtls]'). Over TLS and DTLS the
+server's certificate
 must chain to the system's trust store, or to --ca FILE, and name the URI's host; --cert FILE
 presents a client certificate (its key in the same PEM file, or in --key FILE). A missing or
 unusable certificate file is a usage error; a certificate the other side refuses is status 4.
---bind and --non are for coap:// only, --ca, --cert and --key for coaps+tcp:// and coaps+ws://.
+--bind is for coap:// only, --non for coap:// and coaps://, --ca, --cert and --key for the coaps
+schemes. Over DTLS a pre-shared key comes from --psk KEY with --identity ID, or from --credentials
+FILE (the dtls entries of aiocoap's credentials JSON, by URI pattern); a failed DTLS handshake
+(wrong key, unknown identity, refused certificate) is status 4 with the cause.
 
 exit status:
   0    a 2.xx success response, or none because No-Response suppressed it (with --observe
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--key", metavar="FILE", help="the private key of --cert (PEM, unencrypted)",
     )
+    _dtls.add_client_arguments(parser)
     parser.add_argument(
         "--block-size", metavar="BYTES",
         help="preferred block size for block-wise transfer: 16, 32, 64, 128, 256, 512 or 1024 "
@@ -350,6 +357,8 @@ class Plan:
         self.trace = trace
         #: For coaps+tcp:// and coaps+ws://: how to verify the server, which certificate to present.
         self.client_ssl = client_ssl
+        #: For coaps:// (DTLS): the credentials (--psk/--identity, --credentials, --cert/--key/--ca).
+        self.dtls: DtlsCredentials | None = None
         #: ``timeout`` is the default bound of a TCP or WebSocket request, not --timeout.
         self.default_timeout = default_timeout
         #: A client certificate was given (--cert).
@@ -420,6 +429,7 @@ async def _context(plan: Plan) -> Any:
     async with Context(
         bind=None if plan.bind is None else [plan.bind], tuning=plan.tuning, client_ssl=plan.client_ssl,
         credentials=plan.credentials,
+        dtls=plan.dtls,
     ) as ctx:
         if plan.trace:
             from ._trace import install_tracer
@@ -578,6 +588,9 @@ def plan_transport(plan: Plan, args: argparse.Namespace, scheme: str) -> None:
     and check the TLS files (before anything is sent), and bound a TCP or WebSocket request that has no
     --timeout; raise :class:`UsageError`."""
     check_transport(args, scheme)
+    _dtls.refuse_unless_coaps(args, scheme)
+    if scheme == "coaps":
+        plan.dtls = _dtls.credentials(args, server=False)
     if scheme in TLS_SCHEMES:
         plan.client_ssl = tls_context(
             args.ca, args.cert, args.key, server=False, websocket=scheme.endswith("+ws")

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import trio
@@ -40,6 +40,7 @@ from ..runtime.context import Context
 from ..runtime.resource import Resource, Site
 from ..runtime.server import ObservableResource
 from ..transports.udp import open_udp_socket, parse_bind
+from . import _dtls
 from ._common import (
     OneLineParser,
     UsageError,
@@ -52,6 +53,9 @@ from ._common import (
     unwrap,
 )
 from ._trace import install_tracer
+
+if TYPE_CHECKING:
+    from ..protocol.dtls import DtlsCredentials
 
 __all__ = ["LARGE_SIZE", "Echo", "Large", "Time", "Welcome", "WhoAmI", "build_site", "large_text", "main"]
 
@@ -233,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
             "WebSockets need pip install 'coapio[ws]'); a URI without a port takes its scheme's\n"
             "default (5683, 5684, 80, 443). The coaps schemes need --cert FILE, the server's PEM\n"
             "certificate chain, with its key in it or in --key FILE; --ca FILE makes TLS clients\n"
-            "present a certificate signed by that CA. The ready line names every address listened\n"
+            "present a certificate signed by that CA. coaps:// is DTLS (pip install 'coapio[dtls]'):\n"
+            "it takes --cert/--key/--ca as TLS does and/or --credentials FILE, aiocoap's credentials\n"
+            "JSON whose dtls entries list the PSK identities clients may use; /whoami shows who the\n"
+            "client authenticated as. The ready line names every address listened\n"
             "on: UDP as HOST:PORT, the others as URIs. --workers serves UDP binds only.\n"
             "\n"
             "exit status:\n"
@@ -291,11 +298,8 @@ def parse_server_bind(text: str) -> tuple[str, str, int]:
         return ("coap", *parse_bind(text))
     scheme, rest = text.split("://", 1)
     scheme = scheme.lower()
-    if scheme == "coaps":
-        raise ValueError("coaps:// is CoAP over DTLS, which is not implemented; for TLS bind coaps+tcp:// "
-                         "or coaps+ws://")
-    if scheme != "coap" and scheme not in RELIABLE_SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; use HOST:PORT or coap://, "
+    if scheme not in ("coap", "coaps") and scheme not in RELIABLE_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use HOST:PORT or coap://, coaps:// (DTLS), "
                          f"{', '.join(s + '://' for s in RELIABLE_SCHEMES)}")
     rest = rest.rstrip("/")
     if "/" in rest or "?" in rest:
@@ -333,7 +337,7 @@ def _server_ssl(args: argparse.Namespace, listen: Sequence[str]) -> ssl.SSLConte
     secure = [uri for uri in listen if uri.split("://", 1)[0] in TLS_SCHEMES]
     given = [f"--{name}" for name in ("cert", "key", "ca") if getattr(args, name) is not None]
     if not secure:
-        if given:
+        if given and not any(uri.startswith("coaps://") for uri in listen):
             raise UsageError(f"{given[0]} is for coaps+tcp:// and coaps+ws:// binds, and there is none")
         return None
     if args.cert is None:
@@ -358,6 +362,7 @@ async def _until_supervisor_dies() -> None:
 async def _serve(
     binds: list[tuple[str, int]], explicit: bool, *, worker: bool = False, verbose: int = 0,
     listen: Sequence[str] = (), server_ssl: ssl.SSLContext | None = None, credentials: Any = None,
+    dtls: DtlsCredentials | None = None,
 ) -> int:
     """Open the context (falling back to IPv4 for the default bind), announce it, wait for a signal (or,
     for a worker, for its supervisor to go away).
@@ -374,7 +379,7 @@ async def _serve(
             while True:
                 try:
                     opening = Context(bind=[*binds, *listen], site=site, reuse_port=worker,
-                                      server_ssl=server_ssl, credentials=credentials)
+                                      server_ssl=server_ssl, credentials=credentials, dtls=dtls)
                     context = await stack.enter_async_context(opening)
                 except BaseException as raised:
                     exc = unwrap(raised)
@@ -536,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listen.append(_uri(scheme, host, port))
     try:
         server_ssl = _server_ssl(args, listen)
+        dtls = _dtls.credentials(args, server=True) if any(u.startswith("coaps://") for u in listen) else None
         if listen and args.workers > 1:
             raise UsageError(
                 f"--workers shares UDP ports only, and --bind {listen[0]} is not UDP: serve TCP and "
@@ -558,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_supervise, binds, explicit, args.workers, args.verbose)
         return trio.run(functools.partial(
             _serve, binds, explicit, worker=args.worker, verbose=args.verbose, listen=listen,
-            server_ssl=server_ssl, credentials=credentials,
+            server_ssl=server_ssl, credentials=credentials, dtls=dtls,
         ))
     except BaseException as e:
         if is_keyboard_interrupt(e):  # Ctrl-C before the signal handler was installed

@@ -43,6 +43,7 @@ from .tokens import TokenManager
 
 if TYPE_CHECKING:
     from ..credentials import Credentials
+    from ..protocol.dtls import DtlsCredentials
 
 __all__ = ["Context", "Counters"]
 
@@ -51,9 +52,7 @@ log = logging.getLogger(__name__)
 Bind = str | tuple[str, int]
 
 #: What a scheme needs that coapio does not have yet (a clearer error than "no transport").
-_NOT_YET = {
-    "coaps": "CoAP over DTLS",
-}
+_NOT_YET: dict[str, str] = {}
 #: Datagram routes remembered (a request's Peer as written -> the transport and the Peer it reaches).
 _MAX_ROUTES = 1024
 #: Seconds the Context's exit waits for transports to write what its shutdown queued.
@@ -124,8 +123,9 @@ class Context:
     ``bind`` lists the addresses to serve on: ``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` for
     UDP, or a URI naming the transport: ``"coap://host:port"`` (UDP), ``"coap+tcp://host:port"``,
     ``"coaps+tcp://…"`` (TLS: needs ``server_ssl``), ``"coap+ws://…"``, ``"coaps+ws://…"`` (WebSockets;
-    the ``ws`` extra). Without it a client-only context binds one ephemeral dual-stack UDP socket, and a
-    context with a ``site`` binds UDP ``[::]:5683``. Client connections for the TCP, TLS and WebSocket
+    the ``ws`` extra), ``"coaps://…"`` (DTLS: needs ``dtls``, the ``dtls`` extra). Without it a
+    client-only context binds one ephemeral dual-stack UDP socket, and a context with a ``site`` binds
+    UDP ``[::]:5683``. Client connections for the TCP, TLS and WebSocket
     schemes are opened on first use; ``client_ssl`` verifies TLS servers (default: the system's trust
     store; see :mod:`coapio.transports.tls`). ``schemes`` limits the URI schemes requests may use (e.g.
     ``{"coaps+tcp"}`` for a client that must never send plaintext); a request for another one is
@@ -133,8 +133,11 @@ class Context:
     docs/architecture.rst, "Writing a transport"). ``tuning`` sets the transmission parameters and memory
     bounds of every transport. ``credentials`` (a :class:`~coapio.credentials.Credentials`, or the path
     of a credentials file in aiocoap's format, then loaded here and closed on exit) protects requests
-    with OSCORE where they name a security context for the request's URI, and lets the server accept
-    OSCORE requests protected with the contexts they list (docs/security.rst).
+    with OSCORE where they name a security context for the request's URI, lets the server accept OSCORE
+    requests protected with the contexts they list, and holds the DTLS credentials of ``coaps://``
+    (docs/security.rst). ``dtls`` (:class:`~coapio.protocol.dtls.DtlsCredentials`) gives the DTLS
+    credentials directly instead, as a server and as a client; a client without any verifies DTLS
+    servers' certificates against the system's trust store.
     """
 
     def __init__(
@@ -150,29 +153,8 @@ class Context:
         client_ssl: ssl.SSLContext | None = None,
         schemes: Collection[str] | None = None,
         credentials: Credentials | str | os.PathLike[str] | None = None,
+        dtls: DtlsCredentials | None = None,
     ):
-        if isinstance(bind, str | tuple):
-            bind = [bind]
-        if bind is None:
-            bind = [("::", 5683)] if site is not None else []
-        self._binds: list[tuple[str, int]] = []
-        self._listen: list[tuple[str, str, int]] = []  # (scheme, host, port) of the reliable transports
-        for item in bind:
-            scheme, host, port = _parse_endpoint(item)
-            if scheme == "coap":
-                self._binds.append((host, port))
-            elif scheme in _RELIABLE:
-                if scheme.startswith("coaps") and server_ssl is None:
-                    raise ValueError(f"{scheme}:// needs a certificate: pass server_ssl "
-                                     "(coapio.transports.tls.server_context)")
-                self._listen.append((scheme, host, port))
-            else:
-                raise ValueError(f"cannot serve {scheme}:// ({_NOT_YET.get(scheme, 'unknown scheme')})")
-        self._server_ssl = server_ssl
-        self._client_ssl = client_ssl
-        self._schemes = None if schemes is None else frozenset(s.lower() for s in schemes)
-        self.site = site
-        self.tuning = tuning or TransportTuning()
         self._own_credentials = False
         if credentials is not None:
             from ..credentials import Credentials  # only where security is used: it is not small
@@ -181,9 +163,23 @@ class Context:
                 # A path is loaded here (errors at construction, not in the task group), closed on exit.
                 credentials = Credentials.load(credentials)
                 self._own_credentials = True
+            if dtls is None:
+                dtls = credentials.dtls
         #: The security material requests are protected with and the server accepts (None: none).
         self.credentials: Credentials | None = credentials
         self._oscore = None if credentials is None else credentials.oscore
+        try:
+            self._setup(bind, site, server_ssl, dtls)
+        except BaseException:
+            if self._own_credentials and credentials is not None:
+                credentials.close()
+            raise
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._dtls = dtls
+        self._schemes = None if schemes is None else frozenset(s.lower() for s in schemes)
+        self.site = site
+        self.tuning = tuning or TransportTuning()
         self._tokens = TokenManager(token_length, self.tuning)
         self._server = ServerDispatch(site, self.tuning, self._tokens, self._oscore)
         self._path = RequestPath(self._tokens, self.tuning)
@@ -195,6 +191,34 @@ class Context:
         self._routes: dict[Peer, tuple[Transport, Peer]] = {}  # see _route
         self._events: _Events | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+
+    def _setup(self, bind: Sequence[Bind] | Bind | None, site: Site | None,
+               server_ssl: ssl.SSLContext | None, dtls: DtlsCredentials | None) -> None:
+        """Read ``bind`` into the addresses each kind of transport serves on (ValueError for a bad one)."""
+        if isinstance(bind, str | tuple):
+            bind = [bind]
+        if bind is None:
+            bind = [("::", 5683)] if site is not None else []
+        self._binds: list[tuple[str, int]] = []
+        self._listen: list[tuple[str, str, int]] = []  # (scheme, host, port) of the reliable transports
+        self._dtls_binds: list[tuple[str, int]] = []  # coaps:// (DTLS) addresses to serve on
+        for item in bind:
+            scheme, host, port = _parse_endpoint(item)
+            if scheme == "coap":
+                self._binds.append((host, port))
+            elif scheme in _RELIABLE:
+                if scheme.startswith("coaps") and server_ssl is None:
+                    raise ValueError(f"{scheme}:// needs a certificate: pass server_ssl "
+                                     "(coapio.transports.tls.server_context)")
+                self._listen.append((scheme, host, port))
+            elif scheme == "coaps":
+                _require_dtls()
+                if dtls is None or not (dtls.has_psk or dtls.has_certificate):
+                    raise ValueError("coaps:// needs credentials: pass dtls=DtlsCredentials(...) with PSK "
+                                     "identities to accept or a certificate")
+                self._dtls_binds.append((host, port))
+            else:
+                raise ValueError(f"cannot serve {scheme}:// ({_NOT_YET.get(scheme, 'unknown scheme')})")
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -210,12 +234,17 @@ class Context:
         try:
             for host, port in self._binds or [("::", 0)]:
                 sockets.append(self._open_socket(host, port, fallback=not self._binds))
+            dtls_sockets = [self._open_socket(host, port, fallback=False) for host, port in self._dtls_binds]
+            sockets.extend(dtls_sockets)
+            dtls_transports = [self._dtls_transport(sock) for sock in dtls_sockets]
         except BaseException:
             for sock in sockets:
                 sock.close()
             raise
         oscore = self._oscore is not None
-        transports: list[Transport] = [UDPTransport(sock, self.tuning, oscore=oscore) for sock in sockets]
+        transports: list[Transport] = [UDPTransport(sock, self.tuning, oscore=oscore) for sock in sockets
+                                       if sock not in dtls_sockets]
+        transports.extend(dtls_transports)
         for scheme, host, port in self._listen:
             transports.append(self._reliable(scheme, (host, port)))
         transports.extend(self._extra)
@@ -257,8 +286,26 @@ class Context:
         return ReliableTransport(scheme, self.tuning, listen=listen, server_ssl=self._server_ssl,
                                  client_ssl=self._client_ssl)
 
+    def _dtls_transport(self, sock: socket.socket | None) -> Transport:
+        """A coaps:// transport serving on ``sock`` (a bound coaps address), or, for None, a client one
+        on an ephemeral socket."""
+        server = sock is not None
+        if sock is None:
+            _require_dtls()
+            sock = self._open_socket("::", 0, fallback=True)
+        from ..protocol.dtls import DtlsCredentials
+        from ..transports.dtls import DTLSTransport
+
+        try:
+            return DTLSTransport(sock, self.tuning, self._dtls or DtlsCredentials(), server=server,
+                                 oscore=self._oscore is not None)
+        except BaseException:
+            sock.close()
+            raise
+
     async def _client_transport(self, scheme: str) -> list[Transport]:
-        """Start the client transport of an RFC 8323 scheme on its first use (once, whoever asks)."""
+        """Start the client transport of an RFC 8323 scheme, or of coaps://, on its first use (once,
+        whoever asks)."""
         while scheme not in self._by_scheme:
             starting = self._starting.get(scheme)
             if starting is not None:
@@ -266,7 +313,8 @@ class Context:
                 continue
             done = self._starting[scheme] = anyio.Event()
             try:
-                await self._start(self._reliable(scheme, None))
+                transport = self._dtls_transport(None) if scheme == "coaps" else self._reliable(scheme, None)
+                await self._start(transport)
             finally:
                 del self._starting[scheme]
                 done.set()
@@ -555,7 +603,7 @@ class Context:
             raise error.NoTransport(f"this Context sends requests over {', '.join(sorted(self._schemes))} "
                                     f"only; the {scheme}:// request was not sent")
         candidates = self._by_scheme.get(scheme)
-        if not candidates and scheme in _RELIABLE:
+        if not candidates and (scheme in _RELIABLE or scheme == "coaps"):
             candidates = await self._client_transport(scheme)
         if not candidates:
             if scheme in _NOT_YET:
@@ -569,7 +617,7 @@ class Context:
         for transport in candidates:
             peer = await transport.resolve(scheme, host, port)
             if peer is not None:
-                if isinstance(transport, UDPTransport) and isinstance(remote, Peer) and _is_ip_literal(host):
+                if type(transport) is UDPTransport and isinstance(remote, Peer) and _is_ip_literal(host):
                     # A datagram route to an address is fixed for the socket's life: asked on every
                     # request, so kept (a name is resolved again each time; connections may close).
                     if len(routes) >= _MAX_ROUTES:
@@ -637,6 +685,13 @@ def _parse_endpoint(item: Bind) -> tuple[str, str, int]:
         return scheme, host, port
     host, port = parse_bind(item)
     return "coap", host, port
+
+
+def _require_dtls() -> None:
+    from ..protocol.dtls import available
+
+    if not available():
+        raise error.NoTransport("coaps:// needs pyOpenSSL: pip install 'coapio[dtls]'")
 
 
 def _check_request(message: Message) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ... import error
 from ...error import BadOption, BadRequest, CoapError, ResponseRejected, Unauthorized
 from ..options import OptionNumber
 
@@ -108,5 +109,5 @@ class ContextUnavailable(OscoreError):
     """A security context cannot be used: its directory is locked by another process, or unreadable."""
 
 
-class CredentialsError(OscoreError, ValueError):
+class CredentialsError(OscoreError, error.CredentialsError):
     """A credentials file or context directory that cannot be loaded."""

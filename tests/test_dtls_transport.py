@@ -1,0 +1,449 @@
+"""The coaps:// transport on loopback (issue 14): coapio's client against coapio's server over DTLS PSK
+and X.509, what resources see (``request.security``), failures that stay with their peer, the session
+table's bounds, close_notify on exit, and hostile input (junk floods, half-open floods, spoofed hellos)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import anyio
+import pytest
+import trio
+
+pytest.importorskip("OpenSSL")
+trustme = pytest.importorskip("trustme")
+
+from dtls_support import make_certificates, until  # noqa: E402
+
+from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning  # noqa: E402
+from coapio.error import NetworkError, NoTransport  # noqa: E402
+from coapio.protocol.dtls import DtlsCredentials, HandshakeFailed, Psk, records  # noqa: E402
+from coapio.protocol.dtls.engine import Endpoint, State  # noqa: E402
+from coapio.transports.dtls import DTLSTransport  # noqa: E402
+
+PSK = Psk(b"client1", b"secret-key")
+BIG = os.urandom(64 * 1024)
+
+
+class WhoAmI(Resource):
+    def render_get(self, request: Message) -> Message:
+        return Message(payload=str(request.security).encode())
+
+
+class Store(Resource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b"hello"
+
+    def render_get(self, request: Message) -> Message:
+        return Message(payload=self.data)
+
+    def render_put(self, request: Message) -> Message:
+        self.data = request.payload
+        return Message(code=Code.CHANGED)
+
+
+class Counter(ObservableResource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    def render_get(self, request: Message) -> Message:
+        return Message(payload=b"n=%d" % self.value)
+
+    def bump(self) -> None:
+        self.value += 1
+        self.notify()
+
+
+def site() -> tuple[Site, Counter]:
+    s = Site()
+    counter = Counter()
+    s.add("whoami", WhoAmI())
+    s.add("store", Store())
+    s.add("counter", counter)
+    return s, counter
+
+
+def server_transport(ctx: Context) -> DTLSTransport:
+    [transport] = [t for t in ctx.transports if isinstance(t, DTLSTransport)]
+    return transport
+
+
+def base_uri(ctx: Context) -> str:
+    [uri] = [u for u in ctx.local_uris if u.startswith("coaps://")]
+    return uri
+
+
+def client(psk: Psk = PSK, **tuning: float) -> Context:
+    return Context(dtls=DtlsCredentials(psk={"coaps://*": psk}), tuning=TransportTuning(**tuning))
+
+
+SERVER_CREDS = DtlsCredentials(accepted={PSK.identity: PSK.key, b"client2": b"other-key"})
+
+
+async def test_get_over_psk_shows_the_identity_to_the_resource_and_the_client() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        uri = base_uri(server)
+        assert uri.startswith("coaps://127.0.0.1:")
+        async with client() as ctx:
+            with trio.fail_after(10):
+                response = await ctx.get(uri + "/whoami")
+                again = await ctx.get(uri + "/whoami")
+            assert len(server_transport(server).sessions) == 1
+        assert response.code is Code.CONTENT and response.payload == b"client1 (dtls-psk)"
+        assert response.security is not None and response.security.method == "dtls-psk"
+        assert response.remote == again.remote  # one session for both requests
+
+
+async def test_observe_and_a_64_kib_block_wise_transfer_over_dtls() -> None:
+    s, counter = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        uri = base_uri(server)
+        async with client() as ctx:
+            with trio.fail_after(20):
+                assert (await ctx.put(uri + "/store", BIG)).code is Code.CHANGED
+                assert (await ctx.get(uri + "/store")).payload == BIG
+                seen = []
+                async with ctx.observe(uri + "/counter") as observation:
+                    async for notification in observation:
+                        seen.append(notification.payload)
+                        if len(seen) == 3:
+                            break
+                        counter.bump()
+                assert seen == [b"n=0", b"n=1", b"n=2"]
+            await until(lambda: not counter.observers if hasattr(counter, "observers") else True)
+
+
+async def test_an_unknown_identity_fails_its_requests_only() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        uri = base_uri(server)
+        async with client() as good, client(Psk(b"stranger", b"secret-key")) as bad:
+            with trio.fail_after(10):
+                assert (await good.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                with pytest.raises(HandshakeFailed, match="does not know this PSK identity"):
+                    await bad.get(uri + "/whoami")
+                assert (await good.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                assert bad.counters.open_exchanges == 0 and bad.counters.live_tokens == 0
+            transport = server_transport(server)
+            assert [x.security.identity for x in transport.sessions if x.security] == ["client1"]
+
+
+async def test_a_wrong_key_fails_after_the_handshake_timeout_and_says_so() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS,
+                       tuning=TransportTuning(handshake_timeout=1.5)) as server:
+        uri = base_uri(server)
+        async with client(Psk(PSK.identity, b"wrong"), handshake_timeout=1.5) as bad:
+            with trio.fail_after(10), pytest.raises(HandshakeFailed, match="PSK is probably wrong"):
+                await bad.get(uri + "/whoami")
+        with trio.fail_after(5):
+            await until(lambda: not server_transport(server).sessions)  # the half-open one expired
+
+
+async def test_context_exit_sends_close_notify_to_every_session() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        uri = base_uri(server)
+        transport = server_transport(server)
+        async with client() as ctx:
+            with trio.fail_after(10):
+                await ctx.get(uri + "/whoami")
+            [session] = transport.sessions
+        with trio.fail_after(5):
+            await until(lambda: session.state is State.CLOSED)
+        assert not transport.sessions
+
+
+async def test_idle_sessions_expire() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS,
+                       tuning=TransportTuning(idle_timeout=0.3)) as server:
+        async with client() as ctx:
+            with trio.fail_after(10):
+                await ctx.get(base_uri(server) + "/whoami")
+                assert server_transport(server).sessions
+                await until(lambda: not server_transport(server).sessions)
+                # The server's close_notify ends the client's session too; a new request opens a new one.
+                await until(lambda: not server_transport(ctx).sessions)
+                assert (await ctx.get(base_uri(server) + "/whoami")).payload == b"client1 (dtls-psk)"
+
+
+async def test_x509_with_client_certificates_names_the_subject(tmp_path: object) -> None:
+    certs = make_certificates(tmp_path, trustme)  # type: ignore[arg-type]
+    s, _ = site()
+    creds = DtlsCredentials(cert=certs["cert"], key=certs["key"], ca=certs["ca"],
+                            accepted={PSK.identity: PSK.key})
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=creds) as server:
+        uri = base_uri(server)
+        async with Context(dtls=DtlsCredentials(cert=certs["client_cert"], key=certs["client_key"],
+                                                ca=certs["ca"])) as ctx, client() as psk_ctx:
+            with trio.fail_after(10):
+                response = await ctx.get(uri + "/whoami")
+                assert b"client.example" in response.payload and b"dtls-x509" in response.payload
+                assert (await psk_ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+        other = make_certificates(tmp_path, trustme, prefix="other-")  # type: ignore[arg-type]
+        async with Context(dtls=DtlsCredentials(ca=other["ca"])) as ctx:
+            with trio.fail_after(10), pytest.raises(HandshakeFailed, match="certificate is not accepted"):
+                await ctx.get(uri + "/whoami")
+
+
+async def test_without_the_extra_coaps_is_a_clear_no_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    import coapio.protocol.dtls
+
+    monkeypatch.setattr(coapio.protocol.dtls, "available", lambda: False)
+    with pytest.raises(NoTransport, match=r"pip install 'coapio\[dtls\]'"):
+        Context(bind="coaps://127.0.0.1:0", dtls=SERVER_CREDS)
+    async with Context() as ctx:
+        with pytest.raises(NoTransport, match=r"pip install 'coapio\[dtls\]'"):
+            await ctx.get("coaps://127.0.0.1:9/")
+
+
+# --- hostile input ---------------------------------------------------------------------------------
+
+
+def hello(port: int = 0) -> tuple[bytes, socket.socket]:
+    """An initial ClientHello from a real DTLS client engine, and a UDP socket to send it from."""
+    session = Endpoint(DtlsCredentials(), server=False).connect("127.0.0.1", PSK, 0.0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+    sock.setblocking(False)
+    return session.datagrams_to_send()[0], sock
+
+
+async def test_a_spoofed_client_hello_gets_only_a_hello_verify_request_no_larger_than_itself() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        data, sock = hello()
+        with sock, trio.fail_after(5):
+            tsock = trio.socket.from_stdlib_socket(sock)
+            await tsock.sendto(data, transport.local_address)
+            reply, _ = await tsock.recvfrom(65536)
+            assert reply[0] == records.HANDSHAKE and reply[13] == 3  # HelloVerifyRequest
+            assert len(reply) <= len(data)
+            with trio.move_on_after(0.2):  # nothing else follows it
+                extra = await tsock.recvfrom(65536)
+                pytest.fail(f"more than one answer: {extra!r}")
+        assert transport.sessions == [] and transport.cookie_exchanges == 1
+
+
+async def test_half_open_handshakes_are_bounded_and_the_oldest_dropped() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        transport.max_handshakes = 8
+        sockets = []
+        try:
+            with trio.fail_after(10):
+                for _ in range(20):  # clients that complete the cookie exchange and then go quiet
+                    engine = Endpoint(DtlsCredentials(), server=False)
+                    session = engine.connect("127.0.0.1", PSK, 0.0)
+                    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    await sock.bind(("127.0.0.1", 0))
+                    sockets.append(sock)
+                    await sock.sendto(session.datagrams_to_send()[0], transport.local_address)
+                    reply, _ = await sock.recvfrom(65536)
+                    session.receive(reply, 0.0)
+                    await sock.sendto(session.datagrams_to_send()[0], transport.local_address)
+                    await sock.recvfrom(65536)  # the server's first flight: the session is half-open
+                    assert transport.half_open <= 8
+                assert transport.half_open == 8
+                assert server.limit_hits.get("max_handshakes") == 12
+                # The newest survive: the last socket's address is still in the table.
+                last = ("127.0.0.1", sockets[-1].getsockname()[1])
+                assert last in {x.peer.address for x in transport.sessions}
+                first = ("127.0.0.1", sockets[0].getsockname()[1])
+                assert first not in {x.peer.address for x in transport.sessions}
+                async with client() as ctx:  # a real client still gets in
+                    assert (await ctx.get(base_uri(server) + "/whoami")).payload == b"client1 (dtls-psk)"
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+async def test_a_flood_of_junk_and_handshake_like_records_does_not_stop_a_real_client() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        target = transport.local_address
+        data, sock = hello()
+        junk = [os.urandom(n) for n in (1, 13, 60, 300, 1200)]
+        junk += [b"\x16\xfe\xfd\x00\x00" + os.urandom(80), b"\x17\xfe\xfd\x00\x01" + os.urandom(60),
+                 data[:40], data + os.urandom(30), b"\x15\xfe\xfd" + bytes(10) + b"\x00\x02\x02\x28"]
+        stop = trio.Event()
+
+        async def flood() -> None:
+            tsock = trio.socket.from_stdlib_socket(sock)
+            while not stop.is_set():
+                for item in junk:
+                    with contextlib.suppress(BlockingIOError):
+                        await tsock.sendto(item, target)
+                await trio.lowlevel.checkpoint()
+
+        with sock:
+            async with trio.open_nursery() as nursery, client() as ctx:
+                nursery.start_soon(flood)
+                with trio.fail_after(20):
+                    for _ in range(20):
+                        response = await ctx.get(base_uri(server) + "/whoami")
+                        assert response.payload == b"client1 (dtls-psk)"
+                assert len(transport.sessions) == 1  # only the real client's (the flood got HVRs)
+                stop.set()
+        assert transport.dropped > 0 and transport.cookie_exchanges > 0
+
+
+async def test_a_peer_that_cannot_be_reached_fails_its_requests(tmp_path: object) -> None:
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers: no ICMP either
+    quiet.bind(("127.0.0.1", 0))
+    with quiet:
+        async with client(handshake_timeout=1.0) as ctx:
+            with trio.fail_after(10), pytest.raises(NetworkError, match="no DTLS handshake"):
+                await ctx.get(f"coaps://127.0.0.1:{quiet.getsockname()[1]}/whoami")
+            assert ctx.counters.open_exchanges == 0 and ctx.counters.live_tokens == 0
+
+
+async def test_asyncio_backend_works_too() -> None:
+    async def main() -> bytes:
+        s, _ = site()
+        async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+            async with client() as ctx:
+                with anyio.fail_after(10):
+                    return (await ctx.get(base_uri(server) + "/whoami")).payload
+
+    assert await trio.to_thread.run_sync(lambda: anyio.run(main, backend="asyncio")) == \
+        b"client1 (dtls-psk)"
+
+
+async def test_a_closed_port_fails_at_once_and_leaves_no_session() -> None:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: the kernel answers with ICMP port unreachable
+    async with client(handshake_timeout=30) as ctx:
+        with trio.fail_after(5), pytest.raises(NetworkError):
+            await ctx.get(f"coaps://127.0.0.1:{port}/whoami")
+        assert server_transport(ctx).sessions == []
+
+
+async def raw_handshake(sock: trio.socket.SocketType, target: tuple[str, int]) -> object:
+    """A DTLS session with ``target`` over ``sock``, driven by hand (a client that restarts keeps its
+    port, which coapio's own client never does)."""
+    session = Endpoint(DtlsCredentials(), server=False).connect("127.0.0.1", PSK, 0.0)
+    while session.state is not State.ESTABLISHED:
+        for datagram in session.datagrams_to_send():
+            await sock.sendto(datagram, target)
+        reply, _ = await sock.recvfrom(65536)
+        session.receive(reply, 0.0)
+    for datagram in session.datagrams_to_send():
+        await sock.sendto(datagram, target)
+    return session
+
+
+async def test_a_new_session_from_the_same_address_is_a_new_peer() -> None:
+    """RFC 6347 §4.2.8: a ClientHello on an established session's address starts a new session (after
+    the cookie exchange), which replaces the old one; its Peer differs, so nothing of the old session's
+    exchanges is answered through the new one."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(10):
+            await sock.bind(("127.0.0.1", 0))
+            await raw_handshake(sock, transport.local_address)
+            await until(lambda: len(transport.sessions) == 1)
+            [first] = transport.sessions
+            await until(lambda: first.state is State.ESTABLISHED)
+            await raw_handshake(sock, transport.local_address)
+            await until(lambda: transport.sessions and transport.sessions[0] is not first)
+            [second] = transport.sessions
+            assert first.state is State.FAILED and "started a new DTLS session" in str(first.error)
+            assert first.peer != second.peer and first.peer.address == second.peer.address
+
+
+async def test_a_lost_flight_is_retransmitted_on_the_engines_timer() -> None:
+    """A proxy drops the server's first answer (the HelloVerifyRequest): the client's DTLS timer resends
+    its ClientHello, and the request goes through."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        target = server_transport(server).local_address
+        proxy = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        upstream = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dropped = 0
+        with proxy, upstream:
+            await proxy.bind(("127.0.0.1", 0))
+            await upstream.bind(("127.0.0.1", 0))
+            client_address: list[object] = []
+
+            async def forward_up() -> None:
+                while True:
+                    data, address = await proxy.recvfrom(65536)
+                    client_address[:] = [address]
+                    await upstream.sendto(data, target)
+
+            async def forward_down() -> None:
+                nonlocal dropped
+                while True:
+                    data, _ = await upstream.recvfrom(65536)
+                    if dropped == 0:
+                        dropped += 1
+                        continue
+                    await proxy.sendto(data, client_address[0])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward_up)
+                nursery.start_soon(forward_down)
+                async with client() as ctx:
+                    with trio.fail_after(10):
+                        response = await ctx.get(f"coaps://127.0.0.1:{proxy.getsockname()[1]}/whoami")
+                    assert response.payload == b"client1 (dtls-psk)"
+                nursery.cancel_scope.cancel()
+        assert dropped == 1
+
+
+async def test_the_session_table_is_bounded_and_the_least_recently_active_makes_room() -> None:
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS,
+                       tuning=TransportTuning(max_connections=3)) as server:
+        transport = server_transport(server)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client()) for _ in range(5)]
+            with trio.fail_after(20):
+                for ctx in clients:
+                    assert (await ctx.get(base_uri(server) + "/whoami")).payload == b"client1 (dtls-psk)"
+                    assert len(transport.sessions) <= 3
+                # The oldest clients' sessions were closed (close_notify) to make room: theirs end too,
+                # and their next request opens a new session.
+                await until(lambda: not server_transport(clients[0]).sessions)
+                assert (await clients[0].get(base_uri(server) + "/whoami")).code is Code.CONTENT
+                assert len(transport.sessions) <= 3
+
+
+async def test_a_session_is_reused_only_for_names_its_certificate_covers(tmp_path: object) -> None:
+    """One socket has one session per server address: a request for another name at that address may
+    use it only when the server's certificate names that host too."""
+    first = socket.getaddrinfo("localhost", 5684, type=socket.SOCK_DGRAM)[0]
+    if first[4][0] != "127.0.0.1":
+        pytest.skip("localhost does not resolve to 127.0.0.1 first here")
+    certs = make_certificates(tmp_path, trustme, names=("localhost",))  # type: ignore[arg-type]
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s,
+                       dtls=DtlsCredentials(cert=certs["cert"], key=certs["key"])) as server:
+        port = server_transport(server).local_address[1]
+        async with Context(dtls=DtlsCredentials(ca=certs["ca"])) as ctx:
+            with trio.fail_after(10):
+                assert (await ctx.get(f"coaps://localhost:{port}/whoami")).code is Code.CONTENT
+                with pytest.raises(NetworkError, match=r"authenticated for localhost, not 127\.0\.0\.1"):
+                    await ctx.get(f"coaps://127.0.0.1:{port}/whoami")
+                assert ctx.counters.live_tokens == 0
+
+
+async def test_a_coaps_bind_without_credentials_to_serve_is_refused_before_binding() -> None:
+    with pytest.raises(ValueError, match="coaps:// needs credentials"):
+        Context(bind="coaps://127.0.0.1:0")
+    with pytest.raises(ValueError, match="coaps:// needs credentials"):
+        Context(bind="coaps://127.0.0.1:0", dtls=DtlsCredentials())
