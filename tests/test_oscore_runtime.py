@@ -635,3 +635,32 @@ async def test_a_flood_of_bad_protected_requests_disturbs_no_genuine_client(tmp_
                     assert response.payload == str(i).encode()
         assert server.counters.live_handlers == 0
         assert server.counters.live_tokens == 0
+
+
+# --- one credentials file for OSCORE and DTLS -------------------------------------------------------------
+
+
+async def test_one_credentials_file_gives_oscore_inside_dtls(tmp_path: Any, pair: tuple[str, str]) -> None:
+    """The server's file accepts a DTLS PSK identity and an OSCORE context; the client's file names both
+    for the server's coaps:// URIs: the request travels OSCORE-protected inside the DTLS session, and the
+    resource sees the OSCORE identity (the end-to-end one)."""
+    pytest.importorskip("OpenSSL")
+    client_dir, server_dir = pair
+    dtls = {"dtls": {"psk": {"ascii": "secret-key"}, "client-identity": {"ascii": "client1"}}}
+    server_creds = write_json(str(tmp_path / "s.json"), {
+        ":client1": {"oscore": {"contextfile": server_dir}},
+        ":psk1": dtls,
+    })
+    with Credentials.load(server_creds) as loaded:
+        assert loaded.oscore is not None and loaded.dtls is not None and loaded.dtls.has_psk
+    async with Context(bind="coaps://127.0.0.1:0", site=build_site()[0], credentials=server_creds) as server:
+        base = next(uri for uri in server.local_uris if uri.startswith("coaps://"))
+        client_creds = write_json(str(tmp_path / "c.json"), {
+            f"{base}/*": {"oscore": {"contextfile": client_dir}},
+            "coaps://127.0.0.1:*": ":psk",
+            ":psk": dtls,
+        })
+        async with Context(credentials=client_creds) as client:
+            response = await client.get(f"{base}/hello")
+            assert response.payload == b"hello :client1 (oscore)"
+            assert response.security is not None and response.security.method == "oscore"
