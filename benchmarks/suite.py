@@ -24,6 +24,8 @@ saturation, other processes' CPU use, failures). Steps, in order:
 ``observe``   ``observe_fanout.py``: notifications/s to 1,000 and 10,000 observers, coapio and aiocoap
 ``blockwise`` ``blockwise_get.py``: a 1 MiB Block2 GET, coapio↔coapio and aiocoap↔aiocoap
 ``tcp``       ``tcp_throughput.py``: CoAP over TCP, coapio and libcoap servers (and coapio's UDP figure)
+``dtls``      ``dtls_throughput.py``: CoAP over DTLS (PSK), coapio and libcoap's ``coap-server-openssl``:
+              req/s after the handshake and handshakes/s
 ``oscore``    ``oscore_throughput.py``: OSCORE-protected GETs against coapio and aiocoap's OSCORE server,
               and the same coapio server unprotected; median of 3 interleaved runs of 5 s each
 ============  ==========================================================================================
@@ -87,6 +89,8 @@ STEPS = [
     Step("tcp", "tcp_throughput.py", ["--duration", "5", "--repeat", "3"],
          ["--duration", "0.5", "--warmup", "0.3", "--repeat", "1"], 600),
     Step("oscore", "oscore_throughput.py", ["--duration", "5", "--warmup", "1", "--repeat", "3"],
+         ["--duration", "0.5", "--warmup", "0.3", "--repeat", "1"], 600),
+    Step("dtls", "dtls_throughput.py", ["--duration", "5", "--repeat", "3"],
          ["--duration", "0.5", "--warmup", "0.3", "--repeat", "1"], 600),
 ]
 STEP_NAMES = [s.name for s in STEPS]
@@ -401,6 +405,24 @@ def targets(run: dict[str, Any]) -> list[Target]:
             t.ratio = a["rps"] / b["rps"]
         else:
             t.reason = _error_of(steps.get("oscore"), b if ok(a) else a, env, peer if ok(a) else "coapio")
+        out.append(t)
+
+    # DTLS (issue 14): the best of the interleaved runs of each server.
+    dtls = data("dtls") or {}
+    for title, target, bound, load, key, unit in (
+        ("server req/s over DTLS PSK (CCM_8), after the handshake, 16 in flight over 8 sessions: coapio / "
+         "libcoap (coap-server-openssl)", "≥ 0.3x", 0.3, "requests", "rps", " req/s"),
+        ("the same servers: full DTLS PSK handshakes/s (cookie exchange included), coapio / libcoap", "-",
+         None, "handshakes", "hps", " hs/s"),
+    ):
+        t = Target(title, target, bound, True)
+        a = (dtls.get("coapio") or {}).get(load) if isinstance(dtls, dict) else None
+        b = (dtls.get("libcoap") or {}).get(load) if isinstance(dtls, dict) else None
+        t.mine, t.theirs = (_fmt(r.get(key) if r else None, ",.0f", unit) for r in (a, b))
+        if a and b and a.get(key) and b.get(key):
+            t.ratio = a[key] / b[key]
+        else:
+            t.reason = _error_of(steps.get("dtls"), b if a else a, env, "libcoap" if a else "coapio")
         out.append(t)
     return out
 
