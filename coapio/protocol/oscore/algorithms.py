@@ -6,6 +6,7 @@ raises :class:`~coapio.protocol.oscore.errors.MissingOscoreExtra` naming the ext
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -57,6 +58,11 @@ class Aead:
 
     def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._impl.encrypt(nonce, plaintext, aad)  # type: ignore[no-any-return]
+
+    @property
+    def encrypt_function(self) -> Callable[[bytes, bytes, bytes], bytes]:
+        """:meth:`encrypt` without the wrapper's call (encryption cannot fail but for misuse)."""
+        return self._impl.encrypt  # type: ignore[no-any-return]
 
     def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes | None:
         if len(ciphertext) < self.tag_length:

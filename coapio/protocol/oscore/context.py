@@ -8,6 +8,7 @@ Recipient's replay window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ..security import Security
@@ -95,6 +96,11 @@ class SecurityContext:
         self.common_iv = self._derive(master_salt, master_secret, b"", "IV", alg.nonce_length)
         self._sender_cipher = alg.cipher(self.sender_key)
         self._recipient_cipher = alg.cipher(self.recipient_key)
+        # Encryption with the two keys, used by protection.py: bound once (two calls a message).
+        #: ``_seal(nonce, plaintext, aad)``: the ciphertext with its tag.
+        self._seal: Callable[[bytes, bytes, bytes], bytes] = self._sender_cipher.encrypt_function
+        #: ``_open(nonce, ciphertext, aad)``: the plaintext, or None when it does not verify.
+        self._open: Callable[[bytes, bytes, bytes], bytes | None] = self._recipient_cipher.decrypt
         if isinstance(replay_window, ReplayWindow):
             self.replay_window = replay_window
         else:
@@ -174,13 +180,6 @@ class SecurityContext:
     def close(self) -> None:
         """Hand the final state to the sequence store (a file source then records the exact position)."""
         self.sequence.close(self.replay_window)
-
-    # Encryption with the two keys; used by protection.py.
-    def _seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self._sender_cipher.encrypt(nonce, plaintext, aad)
-
-    def _open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes | None:
-        return self._recipient_cipher.decrypt(nonce, ciphertext, aad)
 
     def external_aad(self, request_kid: bytes, request_piv: bytes) -> bytes:
         """The COSE Enc_structure with the external AAD of §5.4 (no Class I options are defined)."""

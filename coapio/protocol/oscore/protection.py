@@ -304,7 +304,10 @@ class ResponseProtector:
             nonce = self._nonce
             if nonce is None:
                 nonce = ctx.nonce(self.request_kid, self.request_piv)
-            outer.add(_N.OSCORE, b"")  # no Partial IV, no kid: an empty option
+            if outer_items:
+                outer.add(_OSCORE, b"")  # no Partial IV, no kid: an empty option
+            else:
+                outer_items.append((_OSCORE, b""))
         else:
             self._can_reuse_nonce = False
             piv = partial_iv_bytes(ctx.next_sequence_number())
@@ -345,7 +348,7 @@ def unprotect_request(
     replay window only advances for a request that verified.
     """
     items = request.opt._items
-    simple = _simple_request_option(items[0][1]) if len(items) == 1 and items[0][0] == _N.OSCORE else None
+    simple = _simple_request_option(items[0][1]) if len(items) == 1 and items[0][0] == _OSCORE else None
     if simple is not None:
         piv, kid = simple
         kid_context = None
@@ -372,7 +375,7 @@ def unprotect_request(
     if plaintext is None:
         raise DecryptionFailed()
     inner = _parse_plaintext(plaintext)
-    if not inner.code.is_request():
+    if not 1 <= inner.code < 32:  # Code.is_request, without the call
         raise MalformedOscoreOption(f"the protected code {inner.code} is not a request method")
     protector = ResponseProtector(ctx, kid, piv, window.initialized, nonce, aad)
     if len(items) == 1 and _plain_inner(inner.opt._items):
