@@ -9,11 +9,11 @@ server, OSCORE and (with the ``dtls`` extra) DTLS. See docs/security.rst.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
 from .error import CredentialsError
+from .protocol._credentials_file import read_credentials_file
 from .protocol.oscore import CredentialsMap, SecurityContext
 
 if TYPE_CHECKING:
@@ -48,12 +48,8 @@ class Credentials:
         :class:`~coapio.protocol.oscore.MissingOscoreExtra` when it names OSCORE contexts and the
         ``oscore`` extra is not installed.
         """
-        try:
-            with open(path, "rb") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CredentialsError(f"{os.fspath(path)}: {e}") from None
-        return cls.from_dict(data, base=os.path.dirname(os.path.abspath(path)), **options)
+        data, base = read_credentials_file(path, CredentialsError)
+        return cls.from_dict(data, base=base, **options)
 
     @classmethod
     def from_dict(cls, data: Any, *, base: str = ".", **options: Any) -> Credentials:

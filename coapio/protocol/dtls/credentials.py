@@ -18,7 +18,6 @@ module needs the ``dtls`` extra, so credentials can be loaded and checked withou
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from .._credentials_file import read_credentials_file
 from .errors import CredentialsError
 
 __all__ = ["DtlsCredentials", "Psk"]
@@ -130,12 +130,8 @@ class DtlsCredentials:
     @classmethod
     def load(cls, path: str, **options: Any) -> DtlsCredentials:
         """Read a credentials JSON file (aiocoap's format); ``options`` as for the constructor."""
-        try:
-            with open(path, "rb") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CredentialsError(f"{path}: {e}") from None
-        return cls.from_dict(data, base=os.path.dirname(os.path.abspath(path)), **options)
+        data, base = read_credentials_file(path, CredentialsError)
+        return cls.from_dict(data, base=base, **options)
 
     @classmethod
     def from_dict(cls, data: Any, *, base: str = ".", **options: Any) -> DtlsCredentials:

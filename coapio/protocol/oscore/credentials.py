@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .._credentials_file import read_credentials_file
 from .algorithms import HASHES, algorithm
 from .context import SecurityContext
 from .errors import CredentialsError
@@ -133,12 +134,8 @@ class CredentialsMap:
     @classmethod
     def load(cls, path: str, **options: Any) -> CredentialsMap:
         """Read a credentials JSON file; ``options`` go to :func:`load_context_directory`."""
-        try:
-            with open(path, "rb") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
-            raise CredentialsError(f"{path}: {e}") from None
-        return cls.from_dict(data, base=os.path.dirname(os.path.abspath(path)), **options)
+        data, base = read_credentials_file(path, CredentialsError)
+        return cls.from_dict(data, base=base, **options)
 
     @classmethod
     def from_dict(cls, data: Any, *, base: str = ".", **options: Any) -> CredentialsMap:
