@@ -371,8 +371,6 @@ async def test_the_one_echo_retry_answers_a_freshness_challenge_and_leaves_the_m
         assert snapshot(message) == before and message.opt.echo is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Block1 POST to a requires_fresh resource ends 4.08: the "
-                   "Echo retry resends only the last block, whose transfer the server already closed")
 async def test_the_echo_retry_answers_a_freshness_challenge_to_a_block1_post() -> None:
     async with serve(fresh=Fresh()) as server, Context(bind=[LOCAL]) as client:
         with trio.fail_after(5):

@@ -235,6 +235,12 @@ class ServerDispatch:
             if OptionNumber.PROXY_URI in opt or OptionNumber.PROXY_SCHEME in opt:
                 return self._respond(endpoint, request, Message(code=Code.PROXYING_NOT_SUPPORTED), now)
             if OptionNumber.BLOCK1 in opt:
+                block1 = opt.block1
+                if (block1 is not None and not block1.more and request.code not in _SAFE_METHODS
+                        and self._requires_fresh(site, items) and not self.echo.is_fresh(request, now)):
+                    # Challenge the last block before it completes the transfer (RFC 9175 §2.3): the
+                    # client repeats that block with the Echo value, and the transfer completes then.
+                    return self._respond(endpoint, request, self.echo.challenge(request, now), now)
                 try:
                     # BERT (RFC 8323 §6): SZX 7 is valid only from a connection whose CSMs announced it.
                     bert = endpoint.bert_message_size(request.remote) is not None
@@ -295,6 +301,13 @@ class ServerDispatch:
                 _rest_of_path.reset(reset)
         self._finish(endpoint, request, resource, response, complete, now)
         return None
+
+    @staticmethod
+    def _requires_fresh(site: Site, items: list[tuple[int, bytes]]) -> bool:
+        """Whether the resource a request's Uri-Path names wants fresh requests (``requires_fresh``)."""
+        found = site.resolve(tuple([value.decode("utf-8", "replace") for number, value in items
+                                    if number == _URI_PATH]))
+        return found is not None and found[0].requires_fresh
 
     def _overloaded(self, endpoint: Transport, request: Message, now: float, per_peer: int) -> None:
         """At a handler bound: 5.03 with Max-Age for a CON request (RFC 7252 §5.9.3.4), nothing for a NON."""
