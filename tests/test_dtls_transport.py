@@ -192,6 +192,41 @@ async def test_x509_with_client_certificates_names_the_subject(tmp_path: object)
                 await ctx.get(uri + "/whoami")
 
 
+class Secret(Resource):
+    requires_security = True
+
+    def render_get(self, request: Message) -> Message:
+        return Message(payload=b"secret")
+
+
+@pytest.mark.parametrize("with_psk", [False, True], ids=["cert-only", "psk-and-cert"])
+async def test_a_client_without_credentials_is_anonymous_to_a_server_without_ca(
+        tmp_path: object, with_psk: bool) -> None:
+    """A server with a certificate but no ``ca`` asks for no client certificate: a client with no
+    credentials gets a session, but its requests carry no security and ``requires_security`` refuses
+    them (4.01); the client still names the server it verified."""
+    certs = make_certificates(tmp_path, trustme)  # type: ignore[arg-type]
+    s, _ = site()
+    s.add("secret", Secret())
+    accepted = {PSK.identity: PSK.key} if with_psk else {}
+    creds = DtlsCredentials(cert=certs["cert"], key=certs["key"], accepted=accepted)
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=creds) as server:
+        uri = base_uri(server)
+        async with Context(dtls=DtlsCredentials(ca=certs["ca"])) as ctx:
+            with trio.fail_after(10):
+                response = await ctx.get(uri + "/whoami")
+                secret = await ctx.get(uri + "/secret")
+            [session] = server_transport(server).sessions
+            assert session.state is State.ESTABLISHED and session.security is None
+        assert response.code is Code.CONTENT and response.payload == b"None"
+        assert response.security is not None and response.security.method == "dtls-x509"
+        assert secret.code is Code.UNAUTHORIZED
+        if with_psk:
+            async with client() as ctx:
+                with trio.fail_after(10):
+                    assert (await ctx.get(uri + "/secret")).payload == b"secret"
+
+
 async def test_without_the_extra_coaps_is_a_clear_no_transport(monkeypatch: pytest.MonkeyPatch) -> None:
     import coapio.protocol.dtls
 

@@ -302,11 +302,16 @@ class Session:
         self._timer = None
         self._records = _binding.Records(connection, self.endpoint.buffer)
         if self.server:
+            # A server session names only what authenticated the client: its PSK identity, or a client
+            # certificate verified against ``ca``. A certificate handshake without ``ca`` asked for no
+            # client certificate, so that client is anonymous (``security`` stays None, and resources
+            # with ``requires_security`` refuse it).
             identity = self.psk_identity
             if identity is not None:
                 self.security = Security("dtls-psk", identity.decode("utf-8", "replace"), self)
-            else:
-                self.security = Security("dtls-x509", _subject(connection) or "", self)
+            elif self.endpoint.credentials.ca is not None:
+                subject = _subject(connection)
+                self.security = None if subject is None else Security("dtls-x509", subject, self)
         elif self._psk is not None:
             self.security = Security("dtls-psk", self._psk.identity.decode("utf-8", "replace"), self)
         else:
