@@ -257,3 +257,66 @@ def test_hostile_datagrams_neither_raise_nor_break_an_established_session(tail: 
     server.datagrams_to_send()
     assert server.state is State.ESTABLISHED
     assert server.receive(client.seal(b"\x50\x01\x00\x09"), 0.0) == [b"\x50\x01\x00\x09"]
+
+
+def _record(content_type: int, epoch: int, body: bytes, sequence: int = 10**6) -> bytes:
+    return bytes([content_type, 0xFE, 0xFD]) + epoch.to_bytes(2, "big") + sequence.to_bytes(6, "big") \
+        + len(body).to_bytes(2, "big") + body
+
+
+@pytest.mark.parametrize("suite", ["ECDHE-PSK-CHACHA20-POLY1305", "PSK-AES128-GCM-SHA256", "PSK-AES128-CCM8",
+                                   "PSK-AES128-CCM"])
+def test_records_too_short_or_of_another_epoch_never_end_an_established_session(suite: str) -> None:
+    """OpenSSL ends a session on a current-epoch record shorter than the suite's explicit nonce and tag
+    (internal_error): one spoofed 14-byte datagram used to kill it. Such records, and application data
+    of another epoch, are dropped before OpenSSL sees them, alone or several to a datagram."""
+    client_endpoint, server_endpoint = psk_pair()
+    client_endpoint.client_context(PSK).set_cipher_list(f"{suite}:@SECLEVEL=0".encode())
+    client, server = handshake(client_endpoint, server_endpoint, PSK)
+    assert server._connection.get_cipher_name() == suite
+    spoofed = _record(records.APPLICATION_DATA, 1, b"\x00")  # the reviewer's 14-byte datagram
+    assert len(spoofed) == 14 and server.receive(spoofed, 1.0) == [] and server.discarded == 1
+    for content_type in (records.APPLICATION_DATA, records.ALERT, records.HANDSHAKE, 20):
+        for epoch in (0, 1, 2):
+            for length in range(0, 30):
+                for session in (server, client):
+                    body = bytes(length)
+                    session.receive(_record(content_type, epoch, body), 1.0)
+                    session.receive(_record(content_type, epoch, body) * 2, 1.0)
+                    assert session.state is State.ESTABLISHED, (content_type, epoch, length, session.error)
+    assert server.datagrams_to_send() == [] and client.datagrams_to_send() == []
+    assert server.receive(client.seal(b"\x50\x01\x00\x0a"), 2.0) == [b"\x50\x01\x00\x0a"]
+    assert client.receive(server.seal(b"\x60\x45\x00\x0a"), 2.0) == [b"\x60\x45\x00\x0a"]
+    assert server.last_activity == 2.0
+
+
+def test_no_cbc_suite_is_negotiated_and_the_server_chooses() -> None:
+    """With CBC any forged record fails its MAC and OpenSSL ends the session (bad_record_mac); CBC is
+    not offered or accepted, and the server's preference decides the suite."""
+    client_endpoint, server_endpoint = psk_pair()
+    client_endpoint.client_context(PSK).set_cipher_list(b"PSK-AES128-CBC-SHA256:@SECLEVEL=0")
+    client, server = handshake(client_endpoint, server_endpoint, PSK)
+    assert client.state is State.FAILED and server.state is not State.ESTABLISHED
+    client_endpoint, server_endpoint = psk_pair()
+    client_endpoint.client_context(PSK).set_cipher_list(b"PSK-AES128-CCM8:PSK-AES128-GCM-SHA256:@SECLEVEL=0")
+    client, server = handshake(client_endpoint, server_endpoint, PSK)
+    assert server._connection.get_cipher_name() == "PSK-AES128-GCM-SHA256"
+
+
+def test_a_session_that_fails_sends_its_alert_so_the_peer_ends_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When OpenSSL does end a session on input (here a CBC suite forced on both ends, where any record
+    that fails its MAC is fatal), the alert goes to the peer, which ends its session instead of keeping
+    a dead one."""
+    from coapio.protocol.dtls import engine
+
+    monkeypatch.setattr(engine, "_PSK_CIPHERS", "PSK-AES128-CBC-SHA256")
+    client_endpoint, server_endpoint = psk_pair()
+    client, server = handshake(client_endpoint, server_endpoint, PSK)
+    assert server.state is State.ESTABLISHED, server.error
+    server.receive(_record(records.APPLICATION_DATA, 1, bytes(160)), 1.0)
+    assert server.state is State.FAILED
+    alerts = server.datagrams_to_send()
+    assert alerts and alerts[0][0] == records.ALERT
+    for datagram in alerts:
+        client.receive(datagram, 1.0)
+    assert client.state is State.FAILED and "bad_record_mac" in str(client.error)

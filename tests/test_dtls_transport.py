@@ -482,3 +482,54 @@ async def test_a_coaps_bind_without_credentials_to_serve_is_refused_before_bindi
         Context(bind="coaps://127.0.0.1:0")
     with pytest.raises(ValueError, match="coaps:// needs credentials"):
         Context(bind="coaps://127.0.0.1:0", dtls=DtlsCredentials())
+
+
+SPOOFED = bytes([23, 0xFE, 0xFD, 0, 1]) + (10**6).to_bytes(6, "big") + b"\x00\x01" + b"\x00"
+
+
+async def test_one_spoofed_short_record_leaves_the_session_established_and_the_client_served() -> None:
+    """The reviewer's 14-byte epoch-1 record from the client's address (sent here from the client's own
+    socket, which is what a spoofed source looks like to the server) used to end the server's session
+    with internal_error and black-hole the client; it is now dropped unseen by OpenSSL."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        uri = base_uri(server)
+        async with client(ack_timeout=0.2, max_retransmit=2) as ctx:
+            with trio.fail_after(10):
+                assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                [session] = transport.sessions
+                client_transport = server_transport(ctx)
+                [client_session] = client_transport.sessions
+                client_transport.sock.sendto(SPOOFED, client_session.peer.address)
+                await until(lambda: session.discarded == 1)
+                assert session.state is State.ESTABLISHED, session.error
+                assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+            assert transport.sessions == [session] and client_transport.sessions == [client_session]
+            assert client_session.state is State.ESTABLISHED
+
+
+async def test_a_client_whose_server_lost_the_session_handshakes_afresh_on_its_next_request() -> None:
+    """A server that restarted (or ended the session without its alert arriving) drops the client's
+    records unseen; the request that times out drops the client's session, and the next one
+    handshakes afresh instead of being black-holed for good."""
+    from coapio.error import RequestTimedOut
+    from coapio.protocol.dtls.errors import SessionClosed
+
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        uri = base_uri(server)
+        async with client(ack_timeout=0.1, max_retransmit=1) as ctx:
+            with trio.fail_after(10):
+                assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                client_transport = server_transport(ctx)
+                [old] = client_transport.sessions
+                [forgotten] = transport.sessions
+                transport._remove(forgotten, SessionClosed("the server restarted"))  # nothing is sent
+                with pytest.raises(RequestTimedOut):
+                    await ctx.get(uri + "/whoami")
+                assert old.state is not State.ESTABLISHED and old not in client_transport.sessions
+                assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+            [new] = client_transport.sessions
+            assert new is not old and new.state is State.ESTABLISHED

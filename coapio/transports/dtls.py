@@ -29,12 +29,13 @@ from typing import Any
 import anyio
 
 from ..error import NetworkError
+from ..protocol.codes import Type
 from ..protocol.dtls import DtlsCredentials
 from ..protocol.dtls.engine import Endpoint, Session, State
 from ..protocol.dtls.errors import DtlsError, SessionClosed
 from ..protocol.dtls.records import HANDSHAKE, is_client_hello
 from ..protocol.message import Message
-from ..protocol.messagelayer import Event, RequestReceived, ResponseReceived
+from ..protocol.messagelayer import Event, RequestReceived, ResponseReceived, TimedOut
 from ..protocol.peer import Peer
 from ..protocol.tuning import TransportTuning
 from .udp import _DRAIN_BUDGET, _MAX_DATAGRAM, Address, UDPTransport
@@ -249,6 +250,18 @@ class DTLSTransport(UDPTransport):
             if isinstance(session, Session):
                 message.security = session.security
         super()._dispatch(event, now)
+        if kind is TimedOut:
+            self._timed_out(event.message)
+
+    def _timed_out(self, message: Message) -> None:
+        """A request of ours went unanswered over a session: the server may have lost it (a restart, a
+        failure whose alert never arrived) and drops our records unseen, so the session is dropped and
+        the next request handshakes afresh."""
+        session = message.remote.connection
+        if message.type is Type.CON and message.code.is_request() and isinstance(session, Session) \
+                and not session.server and self._sessions.get(message.remote.address) is session:
+            self._close_session(session, SessionClosed(
+                f"no answer from {message.remote}: its DTLS session was dropped"))
 
     def _process(self, now: float) -> float | None:
         """One wake-up: drain the socket through the sessions, run the timers, send; the next deadline."""

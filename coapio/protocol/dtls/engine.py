@@ -45,10 +45,11 @@ _MAX_PENDING = 64  # plaintext datagrams held while a client handshakes
 #: with certificates, so a client never ends up negotiating a kind it has no credentials for.
 #: CCM_8's 64-bit tag is below OpenSSL's default security level, which would refuse the one suite that
 #: constrained peers (tinydtls, RFC 7252's mandatory PSK suite) speak; the PSK list therefore lowers the
-#: level to 0. It only lists AEAD and SHA-256 suites, and a PSK handshake has no certificate whose key
-#: size the level would otherwise check.
+#: level to 0. It only lists AEAD suites (RFC 7925 needs only CCM_8), and a PSK handshake has no
+#: certificate whose key size the level would otherwise check. No CBC suite: with CBC, OpenSSL ends the
+#: session on any record that fails its MAC (bad_record_mac), so one forged datagram would kill it.
 _PSK_CIPHERS = "ECDHE-PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-CCM:" \
-               "PSK-AES128-CCM8:PSK-AES128-CBC-SHA256:ECDHE-PSK-AES128-CBC-SHA256"
+               "PSK-AES128-CCM8"
 _PSK_LEVEL = ":@SECLEVEL=0"
 _CERT_CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-CCM8:" \
                 "ECDHE-ECDSA-AES128-CCM:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:" \
@@ -78,6 +79,8 @@ _CAUSES = {
     71: "no cipher suite or credentials in common",
 }
 _CB_READ, _CB_WRITE, _CB_ALERT = 0x04, 0x08, 0x4000
+#: The epoch of every record after the handshake (DTLS 1.2 without renegotiation, which is off).
+_EPOCH = 1
 # X.509 verification results worth naming (OpenSSL's X509_V_ERR_*).
 _VERIFY_ERRORS = {
     2: "its issuer is unknown", 10: "it has expired", 9: "it is not yet valid",
@@ -92,6 +95,18 @@ class State(enum.Enum):
     ESTABLISHED = "established"
     CLOSED = "closed"
     FAILED = "failed"
+
+
+def _min_record(cipher: str | None) -> int:
+    """The shortest record body the negotiated suite can produce: explicit nonce and tag (an empty
+    plaintext). OpenSSL treats a current-epoch record shorter than that as a fatal error."""
+    if cipher is None:
+        return 0
+    if "CHACHA20" in cipher or cipher.endswith("CCM8"):
+        return 16  # ChaCha20-Poly1305: no explicit nonce, 16-byte tag; CCM_8: 8-byte nonce, 8-byte tag
+    if "GCM" in cipher or cipher.endswith("CCM"):
+        return 24  # 8-byte explicit nonce, 16-byte tag
+    return 16
 
 
 def _subject(connection: SSL.Connection) -> str | None:
@@ -124,6 +139,9 @@ class Session:
         self._alert: tuple[bool, int] | None = None  # (received, description) of the last fatal alert
         self._verify_problem: str | None = None
         self._records: _binding.Records | None = None  # the hot path, once established
+        self._min_record = 0  # the shortest valid encrypted record body, once established
+        #: Records dropped unseen by OpenSSL once established (wrong epoch, too short to be genuine).
+        self.discarded = 0
         #: The host a client expects the server's certificate to name.
         self.expected_host: str | None = None
         #: The PSK identity the server's callback accepted for this handshake.
@@ -169,6 +187,18 @@ class Session:
         # to learn that nothing is left, would cost as much as the first).
         single = len(datagram) > 12 and datagram[0] == records.APPLICATION_DATA \
             and len(datagram) == records.HEADER_SIZE + (datagram[11] << 8 | datagram[12])
+        if state is State.ESTABLISHED:
+            # Records that cannot be genuine are dropped before OpenSSL sees them (RFC 6347 §4.1.2.7):
+            # OpenSSL would end the session on some of them, so a forged datagram would kill it.
+            if single:
+                if datagram[3] != 0 or datagram[4] != _EPOCH \
+                        or len(datagram) - records.HEADER_SIZE < self._min_record:
+                    self.discarded += 1
+                    return []
+            else:
+                datagram = self._plausible(datagram)
+                if not datagram:
+                    return []
         fast = self._records
         if single and fast is not None:
             plaintext = fast.open(datagram)
@@ -182,6 +212,26 @@ class Session:
             if not self.established:
                 return []
         return self._read(datagram, single)
+
+    def _plausible(self, datagram: bytes) -> bytes:
+        """The records of ``datagram`` (an established session's input) that may be genuine: encrypted
+        ones of the current epoch no shorter than the suite's minimum, and the earlier epoch's
+        handshake records of a retransmitted flight; application data only of the current epoch."""
+        try:
+            found = records.split(datagram)
+        except RecordError:
+            self.discarded += 1
+            return b""
+        kept = []
+        shortest = self._min_record
+        for record in found:
+            epoch = record[3] << 8 | record[4]
+            if epoch > _EPOCH or (record[0] == records.APPLICATION_DATA and epoch != _EPOCH) \
+                    or (epoch == _EPOCH and len(record) - records.HEADER_SIZE < shortest):
+                self.discarded += 1
+            else:
+                kept.append(record)
+        return b"".join(kept)
 
     def _read(self, datagram: bytes, single: bool) -> list[bytes]:
         """The plaintexts of what was written into the connection; a close_notify or an error ends it."""
@@ -200,8 +250,8 @@ class Session:
             except SSL.Error as e:
                 self._end(self._describe(e, "the DTLS session failed"), State.FAILED)
                 break
-        if datagram[0] != records.APPLICATION_DATA:
-            self._collect()  # a retransmitted flight or an alert may need an answer
+        if datagram[0] != records.APPLICATION_DATA or self.state is not State.ESTABLISHED:
+            self._collect()  # a retransmitted flight or an alert may need an answer (the peer learns why)
         return plaintexts
 
     def on_timer(self, now: float) -> None:
@@ -301,6 +351,7 @@ class Session:
         self.state = State.ESTABLISHED
         self._timer = None
         self._records = _binding.Records(connection, self.endpoint.buffer)
+        self._min_record = _min_record(connection.get_cipher_name())
         if self.server:
             # A server session names only what authenticated the client: its PSK identity, or a client
             # certificate verified against ``ca``. A certificate handshake without ``ca`` asked for no
@@ -448,6 +499,7 @@ class Endpoint:
         # by it), and CCM_8 clients are refused: a server for constrained PSK peers is PSK-only.
         level = _PSK_LEVEL if credentials.cert is None else ""
         context.set_cipher_list((":".join(ciphers) + level).encode())
+        context.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
         context.set_cookie_generate_callback(self._cookie)
         context.set_cookie_verify_callback(self._cookie_ok)
         return context
