@@ -533,3 +533,28 @@ async def test_a_client_whose_server_lost_the_session_handshakes_afresh_on_its_n
                 assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
             [new] = client_transport.sessions
             assert new is not old and new.state is State.ESTABLISHED
+
+
+async def test_an_icmp_error_does_not_end_an_established_session() -> None:
+    """ICMP is not authenticated: a forged port unreachable about an established peer (reported by the
+    socket's error queue, here handed to the transport's error path directly) fails that peer's pending
+    exchanges at most, and the session goes on."""
+    import errno
+
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        uri = base_uri(server)
+        async with client() as ctx:
+            with trio.fail_after(10):
+                assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                [session] = transport.sessions
+                transport._network_error(session.peer, OSError(errno.ECONNREFUSED, "Connection refused"))
+                assert transport.sessions == [session] and session.state is State.ESTABLISHED
+                client_transport = server_transport(ctx)
+                [client_session] = client_transport.sessions
+                client_transport._network_error(client_session.peer,
+                                                OSError(errno.ECONNREFUSED, "Connection refused"))
+                assert client_transport.sessions == [client_session]
+                assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+            assert transport.sessions == [session] and client_transport.sessions == [client_session]

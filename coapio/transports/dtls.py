@@ -222,10 +222,13 @@ class DTLSTransport(UDPTransport):
             session.send(data)  # held until the handshake is done
 
     def _network_error(self, remote: Peer, error: OSError) -> None:
-        """An ICMP error about a peer: its session is gone too (a new request starts a new one)."""
+        """An ICMP error about a peer: its pending exchanges fail. A session still handshaking is gone
+        too (a new request starts a new one); an established one is kept, since ICMP is not
+        authenticated and anyone can forge it (idle expiry ends a session whose peer really is gone)."""
         super()._network_error(remote, error)
         session = remote.connection
-        if isinstance(session, Session) and self._sessions.get(remote.address) is session:
+        if isinstance(session, Session) and session.state is not _ESTABLISHED \
+                and self._sessions.get(remote.address) is session:
             del self._sessions[remote.address]
             self._half_open.pop(session, None)
             self._idle.pop(session, None)
