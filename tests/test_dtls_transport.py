@@ -558,3 +558,42 @@ async def test_an_icmp_error_does_not_end_an_established_session() -> None:
                 assert client_transport.sessions == [client_session]
                 assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
             assert transport.sessions == [session] and client_transport.sessions == [client_session]
+
+
+async def test_half_open_handshakes_never_evict_established_sessions() -> None:
+    """The reviewer's r2_evict: with the table full of established sessions, clients without any
+    credentials that only complete the cookie exchange used to close one established session each.
+    They are now kept half-open, and an established session makes room only for a handshake that
+    finishes."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS,
+                       tuning=TransportTuning(max_connections=3)) as server:
+        transport = server_transport(server)
+        uri = base_uri(server)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client()) for _ in range(3)]
+            with trio.fail_after(20):
+                for ctx in clients:
+                    assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                legit = list(transport.sessions)
+                assert len(legit) == 3 and all(x.state is State.ESTABLISHED for x in legit)
+                for _ in range(3):
+                    sock = stack.enter_context(trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    await sock.bind(("127.0.0.1", 0))
+                    attacker = Endpoint(DtlsCredentials(), server=False).connect("127.0.0.1", Psk(b"x", b"y"),
+                                                                                 0.0)
+                    await sock.sendto(attacker.datagrams_to_send()[0], transport.local_address)
+                    reply, _ = await sock.recvfrom(65536)  # the HelloVerifyRequest
+                    attacker.receive(reply, 0.0)
+                    await sock.sendto(attacker.datagrams_to_send()[0], transport.local_address)
+                    await sock.recvfrom(65536)  # the server's flight: the session is half-open
+                await until(lambda: transport.half_open == 3)
+                assert all(x.state is State.ESTABLISHED for x in legit), [x.error for x in legit]
+                for ctx in clients:
+                    assert (await ctx.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                assert all(x in transport.sessions for x in legit)
+                # A client that does finish its handshake makes room: the least recently active goes.
+                async with client() as newcomer:
+                    assert (await newcomer.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
+                    established = [x for x in transport.sessions if x.state is State.ESTABLISHED]
+                    assert len(established) == 3 and legit[0] not in established

@@ -7,13 +7,15 @@ session of its :class:`~coapio.Peer` (``Peer("coaps", address, connection=sessio
 from the same address is a new peer). The plain UDP transport's code path is untouched.
 
 A datagram from an address without a session reaches the engine's stateless cookie exchange only if it
-looks like a ClientHello; anything else is dropped. The table is bounded: ``max_connections`` sessions in
-all (a new client beyond it is not answered), ``max_handshakes`` of them half-open (the oldest half-open
-one is dropped for a new one); sessions quiet for ``idle_timeout`` are closed, handshakes that take
-longer than ``handshake_timeout`` fail. Handshake retransmissions and these expiries are folded into the
-socket task's one deadline. A failed handshake or an alert fails that peer's exchanges only
-(``peer_failed`` with a :class:`~coapio.protocol.dtls.HandshakeFailed` naming the cause). On the
-Context's exit every established session gets a close_notify (:meth:`DTLSTransport.drain`).
+looks like a ClientHello; anything else is dropped. The table is bounded: ``max_connections``
+established sessions (a new client makes room, closing the least recently active one, only once its own
+handshake is done; a table full of half-open ones answers no new client), and ``max_handshakes``
+half-open ones (the oldest half-open one is dropped for a new one); sessions quiet for ``idle_timeout``
+are closed, handshakes that take longer than ``handshake_timeout`` fail. Handshake retransmissions and
+these expiries are folded into the socket task's one deadline. A failed handshake or an alert fails
+that peer's exchanges only (``peer_failed`` with a :class:`~coapio.protocol.dtls.HandshakeFailed`
+naming the cause). On the Context's exit every established session gets a close_notify
+(:meth:`DTLSTransport.drain`).
 
 A client request opens a session on first use (in :meth:`DTLSTransport.resolve`); what the message
 layer sends meanwhile is held by the session and sealed once the handshake is done.
@@ -174,7 +176,14 @@ class DTLSTransport(UDPTransport):
         if state is _ESTABLISHED:
             if session in self._half_open:
                 del self._half_open[session]
-                self._idle[session] = None
+                idle = self._idle
+                idle[session] = None
+                limit = self.layer.tuning.max_connections
+                while len(idle) > limit:
+                    oldest = next(iter(idle))
+                    if oldest is session:
+                        break
+                    self._close_session(oldest, SessionClosed("closed to make room for a new DTLS session"))
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("DTLS session with %s established (%s)", session.peer, session.security)
         elif state is not _HANDSHAKING:
@@ -344,13 +353,14 @@ class DTLSTransport(UDPTransport):
         if session is None:
             self.dropped += 1
             return None
-        if len(self._sessions) >= self.layer.tuning.max_connections and address not in self._sessions:
-            if not self._idle:
-                self.layer.limits.hit("max_connections", now, "DTLS session table full; a client was refused")
-                self.dropped += 1
-                return None
-            self._close_session(next(iter(self._idle)),
-                                SessionClosed("closed to make room for a new DTLS session"))
+        if len(self._sessions) >= self.layer.tuning.max_connections and address not in self._sessions \
+                and not self._idle:
+            self.layer.limits.hit("max_connections", now, "DTLS session table full; a client was refused")
+            self.dropped += 1
+            return None
+        # A full table of established sessions still takes the new client half-open (bounded by
+        # max_handshakes); an established session makes room only once the new one is established
+        # (see _check), so a client that merely completes the cookie exchange evicts nobody.
         self._add(session, address)
         self._check(session, now)
         return session
