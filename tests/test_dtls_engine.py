@@ -320,3 +320,36 @@ def test_a_session_that_fails_sends_its_alert_so_the_peer_ends_too(monkeypatch: 
     for datagram in alerts:
         client.receive(datagram, 1.0)
     assert client.state is State.FAILED and "bad_record_mac" in str(client.error)
+
+
+def test_a_client_offering_a_previous_session_gets_a_full_handshake_and_its_identity() -> None:
+    """The reviewer's r12_resume: OpenSSL calls no PSK callback on resumption, so a resumed PSK session
+    named no identity. Resumption is off: offering the old session leads to a full handshake that names
+    the identity."""
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    from coapio.protocol.dtls.engine import Session
+
+    client_endpoint, server_endpoint = psk_pair()
+
+    def run(previous: object, address: tuple[str, int]) -> tuple[SSL.Connection, Session]:
+        connection = SSL.Connection(client_endpoint.client_context(PSK), None)
+        connection.set_connect_state()
+        connection.set_ciphertext_mtu(1280)
+        if previous is not None:
+            connection.set_session(previous)  # type: ignore[arg-type]
+        client = Session(client_endpoint, connection, server=False, now=0.0, psk=PSK)
+        client.start(0.0)
+        _, reply = server_endpoint.accept(client.datagrams_to_send()[0], address, 0.0)
+        client.receive(reply or b"", 0.0)
+        server, _ = server_endpoint.accept(client.datagrams_to_send()[0], address, 0.0)
+        assert server is not None
+        pump(client, server)
+        assert client.state is State.ESTABLISHED and server.state is State.ESTABLISHED, server.error
+        return connection, server
+
+    first, _ = run(None, ADDRESS)
+    again, server = run(first.get_session(), ("127.0.0.1", 40001))
+    assert not lib.SSL_session_reused(again._ssl)
+    assert server.security is not None and str(server.security) == "client1 (dtls-psk)"

@@ -479,6 +479,9 @@ class Endpoint:
         context = SSL.Context(SSL.DTLS_METHOD)
         context.set_min_proto_version(0xFEFD)  # DTLS 1.2; pyOpenSSL names no DTLS versions
         context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
+        # No session resumption: OpenSSL calls no PSK callback when it resumes a session, so the
+        # resumed session would not know its client's identity. Every session is a full handshake.
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         context.set_info_callback(_info)
         return context
 
