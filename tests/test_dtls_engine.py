@@ -353,3 +353,33 @@ def test_a_client_offering_a_previous_session_gets_a_full_handshake_and_its_iden
     again, server = run(first.get_session(), ("127.0.0.1", 40001))
     assert not lib.SSL_session_reused(again._ssl)
     assert server.security is not None and str(server.security) == "client1 (dtls-psk)"
+
+
+def test_a_certificate_that_cannot_be_parsed_fails_its_handshake_only(certs: dict[str, str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while reading a certificate in the verify callback (pyOpenSSL re-raises it from
+    do_handshake) or in naming the subject used to escape the engine and end the socket task."""
+    from OpenSSL import SSL
+
+    from coapio.protocol.dtls import engine
+
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise ValueError("malformed subjectAltName")
+
+    monkeypatch.setattr(engine, "_names_host", broken)
+    server_endpoint = Endpoint(DtlsCredentials(cert=certs["cert"], key=certs["key"]), server=True)
+    client, server = handshake(Endpoint(DtlsCredentials(ca=certs["ca"]), server=False), server_endpoint, None)
+    assert client.state is State.FAILED and "certificate cannot be read" in str(client.error)
+    monkeypatch.undo()
+
+    def unreadable(self: SSL.Connection, *, as_cryptography: bool = False) -> object:
+        raise ValueError("unparsable certificate")
+
+    server_endpoint = Endpoint(DtlsCredentials(cert=certs["cert"], key=certs["key"], ca=certs["ca"]),
+                               server=True)
+    client_endpoint = Endpoint(DtlsCredentials(cert=certs["client_cert"], key=certs["client_key"],
+                                               ca=certs["ca"], check_hostname=False), server=False)
+    monkeypatch.setattr(SSL.Connection, "get_peer_certificate", unreadable)
+    client, server = handshake(client_endpoint, server_endpoint, None)
+    assert server.state is State.ESTABLISHED and server.security is None  # not named: not trusted
+    assert client.state is State.ESTABLISHED

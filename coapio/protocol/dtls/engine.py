@@ -110,8 +110,13 @@ def _min_record(cipher: str | None) -> int:
 
 
 def _subject(connection: SSL.Connection) -> str | None:
-    cert = connection.get_peer_certificate(as_cryptography=True)
-    return None if cert is None else cert.subject.rfc4514_string()
+    """The peer certificate's subject; None without one, or when it cannot be parsed (a peer's
+    certificate must never raise out of the handshake)."""
+    try:
+        cert = connection.get_peer_certificate(as_cryptography=True)
+        return None if cert is None else cert.subject.rfc4514_string()
+    except Exception:
+        return None
 
 
 class Session:
@@ -613,7 +618,19 @@ class Endpoint:
             hmac.compare_digest(cookie, self._cookie(connection, self._previous))
 
     def _verify(self, connection: SSL.Connection, certificate: Any, errno: int, depth: int, ok: int) -> bool:
+        """OpenSSL's verify callback. An exception here would escape ``do_handshake`` (pyOpenSSL
+        re-raises it) and end the socket task: a certificate that cannot be parsed fails its handshake
+        only."""
         session = connection.get_app_data()
+        try:
+            return self._check_certificate(session, certificate, errno, depth, ok)
+        except Exception as e:
+            if isinstance(session, Session):
+                who = "the client's" if session.server else "the server's"
+                session._verify_problem = f"{who} certificate cannot be read: {type(e).__name__}: {e}"
+            return False
+
+    def _check_certificate(self, session: Any, certificate: Any, errno: int, depth: int, ok: int) -> bool:
         if not ok:
             if isinstance(session, Session) and session._verify_problem is None:
                 who = "the client's" if session.server else "the server's"
