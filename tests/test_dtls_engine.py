@@ -383,3 +383,16 @@ def test_a_certificate_that_cannot_be_parsed_fails_its_handshake_only(certs: dic
     client, server = handshake(client_endpoint, server_endpoint, None)
     assert server.state is State.ESTABLISHED and server.security is None  # not named: not trusted
     assert client.state is State.ESTABLISHED
+
+
+def test_only_records_that_decrypt_count_as_activity() -> None:
+    """Junk from a peer's address (a forged record, a short one) must not keep its session alive."""
+    client_endpoint, server_endpoint = psk_pair()
+    client, server = handshake(client_endpoint, server_endpoint, PSK, now=1.0)
+    assert server.last_activity == 1.0
+    genuine = client.seal(b"\x50\x01\x00\x07")
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 1])
+    assert server.receive(forged, 5.0) == [] and server.receive(forged + forged, 5.0) == []
+    assert server.receive(_record(records.APPLICATION_DATA, 1, b"\x00"), 5.0) == []
+    assert server.last_activity == 1.0 and server.state is State.ESTABLISHED
+    assert server.receive(genuine, 6.0) == [b"\x50\x01\x00\x07"] and server.last_activity == 6.0

@@ -597,3 +597,28 @@ async def test_half_open_handshakes_never_evict_established_sessions() -> None:
                     assert (await newcomer.get(uri + "/whoami")).payload == b"client1 (dtls-psk)"
                     established = [x for x in transport.sessions if x.state is State.ESTABLISHED]
                     assert len(established) == 3 and legit[0] not in established
+
+
+async def test_datagrams_that_do_not_decrypt_are_not_activity() -> None:
+    """A forged record from a client's address neither refreshes its session's idle time nor moves it
+    to the recently active end of the table (the next to make room stays the next)."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        uri = base_uri(server)
+        async with client() as first, client() as second:
+            with trio.fail_after(10):
+                assert (await first.get(uri + "/whoami")).code is Code.CONTENT
+                assert (await second.get(uri + "/whoami")).code is Code.CONTENT
+                older = next(iter(transport._idle))
+                before = older.last_activity
+                first_transport = server_transport(first)
+                [first_session] = first_transport.sessions
+                assert older.peer.address[1] == first_transport.local_address[1]
+                forged = bytes([23, 0xFE, 0xFD, 0, 1]) + (10**6).to_bytes(6, "big") + b"\x00\x40" + bytes(64)
+                first_transport.sock.sendto(forged, first_session.peer.address)
+                first_transport.sock.sendto(SPOOFED, first_session.peer.address)  # processed after it
+                await until(lambda: older.discarded == 1)
+                assert next(iter(transport._idle)) is older and older.last_activity == before
+                assert (await first.get(uri + "/whoami")).code is Code.CONTENT
+                assert next(iter(transport._idle)) is not older and older.last_activity > before

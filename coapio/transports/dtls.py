@@ -309,7 +309,8 @@ class DTLSTransport(UDPTransport):
                     plaintexts = session.receive(data, now)
                     if session.state is _ESTABLISHED:
                         if session in idle:
-                            idle.move_to_end(session)
+                            if plaintexts:  # only what decrypted is activity
+                                idle.move_to_end(session)
                         else:
                             self._check(session, now)
                     else:

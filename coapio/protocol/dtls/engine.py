@@ -187,7 +187,8 @@ class Session:
         state = self.state
         if state is State.CLOSED or state is State.FAILED:
             return []
-        self.last_activity = now
+        # Only records that decrypt count as activity (``last_activity``): anyone can send junk from a
+        # peer's address, and it must not keep a session from expiring.
         # The usual datagram is one application-data record: one read takes all of it (a second read,
         # to learn that nothing is left, would cost as much as the first).
         single = len(datagram) > 12 and datagram[0] == records.APPLICATION_DATA \
@@ -207,7 +208,10 @@ class Session:
         fast = self._records
         if single and fast is not None:
             plaintext = fast.open(datagram)
-            return [plaintext] if plaintext is not None else self._read(datagram, single)
+            if plaintext is not None:
+                self.last_activity = now
+                return [plaintext]
+            return self._read_noting(datagram, single, now)
         try:
             self._connection.bio_write(datagram)
         except SSL.Error:
@@ -216,7 +220,14 @@ class Session:
             self._handshake(now)
             if not self.established:
                 return []
-        return self._read(datagram, single)
+            self.last_activity = now
+        return self._read_noting(datagram, single, now)
+
+    def _read_noting(self, datagram: bytes, single: bool, now: float) -> list[bytes]:
+        plaintexts = self._read(datagram, single)
+        if plaintexts:
+            self.last_activity = now
+        return plaintexts
 
     def _plausible(self, datagram: bytes) -> bytes:
         """The records of ``datagram`` (an established session's input) that may be genuine: encrypted
