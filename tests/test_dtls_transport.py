@@ -622,3 +622,23 @@ async def test_datagrams_that_do_not_decrypt_are_not_activity() -> None:
                 assert next(iter(transport._idle)) is older and older.last_activity == before
                 assert (await first.get(uri + "/whoami")).code is Code.CONTENT
                 assert next(iter(transport._idle)) is not older and older.last_activity > before
+
+
+async def test_our_requests_never_use_a_session_a_client_opened() -> None:
+    """A session a peer opened as our client (server role) never verified that peer as a server: a
+    request of ours to its address is refused instead of sent over it, and the session goes on."""
+    s, _ = site()
+    creds = DtlsCredentials(accepted={PSK.identity: PSK.key}, psk={"coaps://*": PSK})
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=creds) as server:
+        transport = server_transport(server)
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, trio.fail_after(10):
+            await sock.bind(("127.0.0.1", 0))
+            await raw_handshake(sock, transport.local_address)
+            await until(lambda: len(transport.sessions) == 1 and transport.sessions[0].established)
+            [inbound] = transport.sessions
+            assert inbound.server and not inbound.authenticates("127.0.0.1", PSK)
+            port = sock.getsockname()[1]
+            with pytest.raises(NetworkError, match="opened by that peer as a client"):
+                await server.get(f"coaps://127.0.0.1:{port}/whoami")
+            assert transport.sessions == [inbound] and inbound.state is State.ESTABLISHED

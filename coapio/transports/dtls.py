@@ -112,6 +112,10 @@ class DTLSTransport(UDPTransport):
         session = self._sessions.get(address)
         psk = self.credentials.client_psk(host, port)
         if session is not None and session.state in (_ESTABLISHED, _HANDSHAKING):
+            if session.server:
+                # Our requests go only over sessions we opened and in which we verified the server.
+                raise NetworkError(f"the DTLS session with {session.peer} was opened by that peer as a "
+                                   "client, so it was never verified as a server; the request was not sent")
             if not session.authenticates(host, psk):
                 # One socket has one session per server address; it was authenticated for another name.
                 raise NetworkError(f"the DTLS session with {session.peer} was authenticated for "

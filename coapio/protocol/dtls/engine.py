@@ -163,8 +163,9 @@ class Session:
     def authenticates(self, host: str, psk: Psk | None) -> bool:
         """Whether this client session may carry requests for ``host`` that would use ``psk``: the same
         PSK, or certificates with the server's certificate naming ``host`` (checked once the handshake is
-        done; a session still handshaking fits only the host it was opened for)."""
-        if psk != self._psk:
+        done; a session still handshaking fits only the host it was opened for). A server-role session
+        (the peer opened it as our client) never does: that peer was never verified as a server."""
+        if self.server or psk != self._psk:
             return False
         if psk is not None or not self.endpoint.credentials.check_hostname:
             return True
