@@ -67,3 +67,16 @@ def test_files_must_exist_and_a_key_needs_a_certificate(tmp_path: pathlib.Path) 
 
 def test_the_key_is_never_shown() -> None:
     assert "general" not in repr(Psk(b"me", b"general"))
+
+
+def test_client_psk_entries_are_accepted_by_the_server_too_as_documented() -> None:
+    """docs/dtls.rst warns about this (aiocoap's behaviour): an entry saying which PSK to present to a
+    server also lets that identity and key in as a client."""
+    creds = DtlsCredentials.from_dict({
+        "coaps://cloud.example/*": {"dtls": {"psk": {"ascii": "cloud-shared-key"},
+                                             "client-identity": {"ascii": "gateway-7"}}},
+    })
+    assert creds.server_psk(b"gateway-7") == b"cloud-shared-key" and creds.has_psk
+    assert DtlsCredentials(psk={"coaps://*": Psk(b"me", b"k")}).server_psk(b"me") == b"k"
+    docs = pathlib.Path(__file__).parent.parent / "docs" / "dtls.rst"
+    assert "accepted by the server too" in docs.read_text()
