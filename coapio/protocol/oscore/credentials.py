@@ -128,6 +128,7 @@ class CredentialsMap:
 
     def __init__(self) -> None:
         self._entries: dict[str, SecurityContext | str | object] = {}
+        self._longest_first: list[str] | None = None  # the patterns in lookup order, made once
         self._by_kid: dict[bytes, list[SecurityContext]] = {}
         self._contexts: list[SecurityContext] = []
 
@@ -184,9 +185,12 @@ class CredentialsMap:
     def context_for_uri(self, uri: str) -> SecurityContext | None:
         """The context for a request to ``uri``: the longest matching pattern wins, references are
         followed. None when nothing matches or the match says ``unprotected``."""
+        order = self._longest_first
+        if order is None or len(order) != len(self._entries):
+            order = self._longest_first = sorted(self._entries, key=len, reverse=True)
         target = uri
         for _ in range(16):
-            for pattern in sorted(self._entries, key=len, reverse=True):
+            for pattern in order:
                 if _matches(pattern, target):
                     entry = self._entries[pattern]
                     if isinstance(entry, str):
