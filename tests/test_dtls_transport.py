@@ -17,7 +17,7 @@ trustme = pytest.importorskip("trustme")
 
 from dtls_support import make_certificates, until  # noqa: E402
 
-from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning  # noqa: E402
+from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning, Type  # noqa: E402
 from coapio.error import NetworkError, NoTransport  # noqa: E402
 from coapio.protocol.dtls import DtlsCredentials, HandshakeFailed, Psk, records  # noqa: E402
 from coapio.protocol.dtls.engine import Endpoint, State  # noqa: E402
@@ -622,6 +622,23 @@ async def test_datagrams_that_do_not_decrypt_are_not_activity() -> None:
                 assert next(iter(transport._idle)) is older and older.last_activity == before
                 assert (await first.get(uri + "/whoami")).code is Code.CONTENT
                 assert next(iter(transport._idle)) is not older and older.last_activity > before
+
+
+async def test_what_we_send_moves_a_session_to_the_recently_active_end() -> None:
+    """Sending refreshes a session's idle time and its place in the table together, so idle expiry (which
+    walks the table from its least recently active end) never stops at a session just written to."""
+    s, _ = site()
+    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
+        transport = server_transport(server)
+        uri = base_uri(server)
+        async with client() as first, client() as second:
+            with trio.fail_after(10):
+                assert (await first.get(uri + "/whoami")).code is Code.CONTENT
+                assert (await second.get(uri + "/whoami")).code is Code.CONTENT
+            older = next(iter(transport._idle))
+            transport.send(Message(Type.NON, Code.GET, token=b"x", remote=older.peer))  # synchronous
+            assert next(iter(transport._idle)) is not older
+            assert list(transport._idle)[-1] is older
 
 
 async def test_our_requests_never_use_a_session_a_client_opened() -> None:

@@ -231,6 +231,9 @@ class DTLSTransport(UDPTransport):
             else:
                 self.sock.sendmsg([sealed], [source], 0, address)
             session.last_activity = self._clock()
+            idle = self._idle
+            if session in idle:
+                idle.move_to_end(session)  # idle expiry walks the table in order of activity
         elif session.state is _HANDSHAKING:
             session.send(data)  # held until the handshake is done
 
