@@ -352,7 +352,7 @@ async def test_an_unprotected_request_to_a_resource_that_requires_security(tmp_p
         async with Context() as plain:
             response = await plain.get(f"{base}/private")
             assert response.code == Code.UNAUTHORIZED
-            assert response.payload == b"a protected request is needed"
+            assert response.payload == b"needs authentication"
 
 
 async def test_another_identity_is_not_let_in(tmp_path: Any) -> None:

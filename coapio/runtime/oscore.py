@@ -23,6 +23,7 @@ import anyio.abc
 
 from ..error import BadOption, RenderableError
 from ..protocol.codes import Type
+from ..protocol.echo import AMPLIFICATION_FACTOR
 from ..protocol.message import Message
 from ..protocol.oscore import (
     ContextLookup,
@@ -157,6 +158,6 @@ def _refuse(endpoint: Transport, request: Message, exc: RenderableError, now: fl
 
     if request.type is Type.CON:
         response = error_response(exc)
-        if response.wire_size + len(request.token) > 3 * request.wire_size:
+        if response.wire_size + len(request.token) > AMPLIFICATION_FACTOR * request.wire_size:
             response.payload = b""  # never more than three times what an unverified source sent
         respond(endpoint, request, response, now)

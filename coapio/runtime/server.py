@@ -23,7 +23,7 @@ from .. import error
 from ..protocol._limits import LimitLog
 from ..protocol.blockwise import Block1Reassembler, Complete, Continue, segment_response
 from ..protocol.codes import Code, Type
-from ..protocol.echo import EchoGuard
+from ..protocol.echo import AMPLIFICATION_FACTOR, EchoGuard
 from ..protocol.message import Message
 from ..protocol.observe import OBSERVE_REGISTER, Observer, ObserverTable
 from ..protocol.options import OptionNumber
@@ -279,9 +279,11 @@ class ServerDispatch:
                 and not self.echo.is_fresh(request, now)):
             return self._respond(endpoint, request, self.echo.challenge(request, now), now)
         if resource.requires_security and not _authorized(request, resource.requires_security):
-            return self._respond(endpoint, request, Message(
-                code=Code.UNAUTHORIZED, payload=b"not authorized" if request.security else
-                b"a protected request is needed"), now)
+            refusal = Message(code=Code.UNAUTHORIZED,
+                              payload=b"not authorized" if request.security else b"needs authentication")
+            if refusal.wire_size + len(request.token) > AMPLIFICATION_FACTOR * request.wire_size:
+                refusal.payload = b""  # never more than three times what an unverified source sent
+            return self._respond(endpoint, request, refusal, now)
         if handler.is_async:
             assert self.task_group is not None
             assert isinstance(request.remote, Peer)
