@@ -282,70 +282,51 @@ class DTLSTransport(UDPTransport):
             self._close_session(session, SessionClosed(
                 f"no answer from {message.remote}: its DTLS session was dropped"))
 
-    def _process(self, now: float) -> float | None:
-        """One wake-up: drain the socket through the sessions, run the timers, send; the next deadline."""
-        layer = self.layer
-        receive = layer.receive
+    def _drain(self, now: float) -> None:
+        """Read the socket through the sessions: a datagram from an address without a session goes to
+        the stateless cookie exchange; what a session decrypts goes to the message layer."""
+        receive = self.layer.receive
         dispatch = self._dispatch
         sessions = self._sessions
         idle = self._idle
         recvfrom = self._recv_with_destination if self.pktinfo else self.sock.recvfrom
-        events = self._events
-        assert events is not None
-        self._processing = True
-        try:
-            for _ in range(_DRAIN_BUDGET):
-                try:
-                    data, address = recvfrom(_MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self._read_error_queue()
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                data, address = recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._read_error_queue()
+                continue
+            if not data:
+                self.dropped += 1
+                continue
+            session = sessions.get(address)
+            if session is None or (data[:1] == b"\x16" and session.state is _ESTABLISHED
+                                   and is_client_hello(data)):
+                session = self._accept(data, address, now)
+                if session is None:
                     continue
-                if not data:
-                    self.dropped += 1
-                    continue
-                session = sessions.get(address)
-                if session is None or (data[:1] == b"\x16" and session.state is _ESTABLISHED
-                                       and is_client_hello(data)):
-                    session = self._accept(data, address, now)
-                    if session is None:
-                        continue
-                    plaintexts: list[bytes] = []
-                else:
-                    plaintexts = session.receive(data, now)
-                    if session.state is _ESTABLISHED:
-                        if session in idle:
-                            if plaintexts:  # only what decrypted is activity
-                                idle.move_to_end(session)
-                        else:
-                            self._check(session, now)
+                plaintexts: list[bytes] = []
+            else:
+                plaintexts = session.receive(data, now)
+                if session.state is _ESTABLISHED:
+                    if session in idle:
+                        if plaintexts:  # only what decrypted is activity
+                            idle.move_to_end(session)
                     else:
                         self._check(session, now)
-                if session._out:
-                    self._send_handshake(session)
-                peer = session.peer
-                for plaintext in plaintexts:
-                    for event in receive(plaintext, peer, now):
-                        dispatch(event, now)
-            upper = events.timer(now)
-            deadline = layer.next_deadline()
-            if deadline is not None and deadline <= now:
-                for event in layer.on_timer(now):
+                else:
+                    self._check(session, now)
+            if session._out:
+                self._send_handshake(session)
+            peer = session.peer
+            for plaintext in plaintexts:
+                for event in receive(plaintext, peer, now):
                     dispatch(event, now)
-                upper = events.timer(now)
-                deadline = layer.next_deadline()
-            session_deadline = self._session_timers(now)
-        finally:
-            self._processing = False
-        if upper is not None and (deadline is None or upper < deadline):
-            deadline = upper
-        if session_deadline is not None and (deadline is None or session_deadline < deadline):
-            deadline = session_deadline
-        out = layer.datagrams_to_send()
-        if out:
-            self._write(out)
-        return deadline
+
+    def _own_timers(self, now: float) -> float | None:
+        return self._session_timers(now)
 
     def _accept(self, data: bytes, address: Address, now: float) -> Session | None:
         """A datagram from an address without a (usable) session: the stateless cookie exchange."""

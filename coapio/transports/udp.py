@@ -435,27 +435,12 @@ class UDPTransport(Transport):
     def _process(self, now: float) -> float | None:
         """One wake-up's work: drain the socket, run due timers, send; return the next deadline."""
         layer = self.layer
-        receive = layer.receive
         dispatch = self._dispatch
-        peers = self._peers
-        recvfrom = self._recv_with_destination if self.pktinfo else self.sock.recvfrom
         events = self._events
         assert events is not None
         self._processing = True
         try:
-            for _ in range(_DRAIN_BUDGET):
-                try:
-                    data, address = recvfrom(_MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self._read_error_queue()
-                    continue
-                remote = peers.get(address)
-                if remote is None:
-                    remote = self.peer(address)
-                for event in receive(data, remote, now):
-                    dispatch(event, now)
+            self._drain(now)
             # The upper layers' timers first: what they send now may be due before the layer's own timers
             # act (a held response's challenge must ride on the ACK the layer would otherwise send empty).
             upper = events.timer(now)
@@ -465,14 +450,46 @@ class UDPTransport(Transport):
                     dispatch(event, now)
                 upper = events.timer(now)  # the events may have changed what the upper layers want
                 deadline = layer.next_deadline()
+            own = self._own_timers(now)
         finally:
             self._processing = False
         if upper is not None and (deadline is None or upper < deadline):
             deadline = upper
+        if own is not None and (deadline is None or own < deadline):
+            deadline = own
         out = layer.datagrams_to_send()
         if out:
             self._write(out)
         return deadline
+
+    def _drain(self, now: float) -> None:
+        """Read what the socket holds (up to a budget) and feed each datagram to the message layer.
+
+        A subclass that decrypts datagrams first (DTLS) replaces this loop, and only this loop: the
+        timers and the sending of :meth:`_process` are the same for it.
+        """
+        receive = self.layer.receive
+        dispatch = self._dispatch
+        peers = self._peers
+        recvfrom = self._recv_with_destination if self.pktinfo else self.sock.recvfrom
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                data, address = recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._read_error_queue()
+                continue
+            remote = peers.get(address)
+            if remote is None:
+                remote = self.peer(address)
+            for event in receive(data, remote, now):
+                dispatch(event, now)
+
+    def _own_timers(self, now: float) -> float | None:
+        """Timers of a subclass's own (DTLS handshakes, idle sessions): run what is due, return the next
+        deadline. Plain UDP has none."""
+        return None
 
     def _dispatch(self, event: Event, now: float) -> None:
         """One message-layer event, as the runtime hears of it (on the hot path: requests first)."""
