@@ -89,6 +89,7 @@ def build_site() -> tuple[Site, Counter]:
     counter = Counter()
     site.add("hello", Hello())
     site.add("private", Private())
+    site.add("p", Private())  # a name short enough for a request smaller than the refusal's diagnostic
     site.add("counter", counter)
     return site, counter
 
@@ -136,6 +137,20 @@ async def server_and_client(tmp: str, pair: tuple[str, str], *, bind: str = "127
         base = next(uri for uri in server.local_uris if uri.startswith(f"{scheme}://"))
         async with Context(credentials=using(tmp, base, client_dir)) as client:
             yield server, client, base
+
+
+@asynccontextmanager
+async def scripted_peer(tmp: str | None, client_dir: str | None) -> AsyncIterator[tuple[Any, Context, int]]:
+    """A raw UDP socket on loopback that a test scripts as the server, a client Context (protecting its
+    requests to that socket with ``client_dir``'s context, if given) and the socket's port."""
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        await peer.bind(("127.0.0.1", 0))
+        port = peer.getsockname()[1]
+        creds = None
+        if tmp is not None and client_dir is not None:
+            creds = using(tmp, f"coap://127.0.0.1:{port}", client_dir)
+        async with Context(credentials=creds) as client:
+            yield peer, client, port
 
 
 # --- protected exchanges ---------------------------------------------------------------------------------
@@ -355,6 +370,22 @@ async def test_an_unprotected_request_to_a_resource_that_requires_security(tmp_p
             assert response.payload == b"needs authentication"
 
 
+async def test_the_refusal_of_an_unauthenticated_request_stays_within_the_amplification_allowance(
+        raw_server: tuple[int, Any]) -> None:
+    """A tiny unprotected request to a resource that requires security: the 4.01 loses its diagnostic
+    rather than sending an unverified source more than three times what it sent."""
+    port, _ = raw_server
+    small = Message(Type.CON, Code.GET, 11, b"")
+    small.opt.uri_path = ("p",)
+    reply = await exchange_raw(port, small.encode())
+    assert (reply.code, reply.payload) == (Code.UNAUTHORIZED, b"")
+    assert len(reply.encode()) <= 3 * len(small.encode())
+    larger = Message(Type.CON, Code.GET, 12, b"12345678")
+    larger.opt.uri_path = ("private",)
+    reply = await exchange_raw(port, larger.encode())
+    assert (reply.code, reply.payload) == (Code.UNAUTHORIZED, b"needs authentication")
+
+
 async def test_another_identity_is_not_let_in(tmp_path: Any) -> None:
     first = make_pair(str(tmp_path), "a", client_id="01")
     second = make_pair(str(tmp_path), "b", client_id="02")
@@ -390,15 +421,10 @@ async def test_a_client_with_the_wrong_key_gets_a_clear_error(tmp_path: Any, pai
 async def test_a_response_that_does_not_verify_fails_the_request(tmp_path: Any,
                                                                  pair: tuple[str, str]) -> None:
     """A peer answering with a protected response made with other keys: ResponseProtectionInvalid."""
-    client_dir, _ = pair
-    other_client, other_server = make_pair(str(tmp_path), "other", secret="ee" * 16)
+    _, other_server = make_pair(str(tmp_path), "other", secret="ee" * 16)
     server_ctx = load_context_directory(other_server, persist=False)
-    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-        await peer.bind(("127.0.0.1", 0))
-        port = peer.getsockname()[1]
-        creds = write_json(str(tmp_path / "c.json"),
-                           {f"coap://127.0.0.1:{port}/*": {"oscore": {"contextfile": client_dir}}})
-        async with Context(credentials=creds) as client, trio.open_nursery() as nursery:
+    async with scripted_peer(str(tmp_path), pair[0]) as (peer, client, port):
+        async with trio.open_nursery() as nursery:
             async def fake_server() -> None:
                 from coapio.protocol.oscore.protection import ResponseProtector
 
@@ -412,14 +438,11 @@ async def test_a_response_that_does_not_verify_fails_the_request(tmp_path: Any,
             nursery.start_soon(fake_server)
             with pytest.raises(ResponseProtectionInvalid):
                 await client.get(f"coap://127.0.0.1:{port}/hello")
-        del other_client
 
 
 async def test_a_protected_response_to_a_plain_request_is_rejected() -> None:
-    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-        await peer.bind(("127.0.0.1", 0))
-        port = peer.getsockname()[1]
-        async with Context() as client, trio.open_nursery() as nursery:
+    async with scripted_peer(None, None) as (peer, client, port):
+        async with trio.open_nursery() as nursery:
             async def fake_server() -> None:
                 data, address = await peer.recvfrom(2048)
                 request = Message.decode(data)
@@ -566,12 +589,8 @@ async def test_a_protected_response_in_outer_blocks_is_fetched_and_reassembled(
         tmp_path: Any, pair: tuple[str, str]) -> None:
     client_dir, server_dir = pair
     server_ctx = load_context_directory(server_dir, persist=False)
-    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
-        await peer.bind(("127.0.0.1", 0))
-        port = peer.getsockname()[1]
-        creds = write_json(str(tmp_path / "c.json"),
-                           {f"coap://127.0.0.1:{port}/*": {"oscore": {"contextfile": client_dir}}})
-        async with Context(credentials=creds) as client, trio.open_nursery() as nursery:
+    async with scripted_peer(str(tmp_path), client_dir) as (peer, client, port):
+        async with trio.open_nursery() as nursery:
             async def fragmenting_proxy() -> None:
                 from coapio.protocol.oscore import unprotect_request
 
