@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from typing import Any
 
 import anyio
 import pytest
@@ -599,9 +600,10 @@ async def test_half_open_handshakes_never_evict_established_sessions() -> None:
                     assert len(established) == 3 and legit[0] not in established
 
 
-async def test_datagrams_that_do_not_decrypt_are_not_activity() -> None:
-    """A forged record from a client's address neither refreshes its session's idle time nor moves it
-    to the recently active end of the table (the next to make room stays the next)."""
+@contextlib.asynccontextmanager
+async def two_established_clients() -> Any:
+    """A DTLS server and two clients that each made one request (the first is the least recently
+    active session): yields the server, its transport, the two client Contexts and the server's URI."""
     s, _ = site()
     async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
         transport = server_transport(server)
@@ -610,35 +612,36 @@ async def test_datagrams_that_do_not_decrypt_are_not_activity() -> None:
             with trio.fail_after(10):
                 assert (await first.get(uri + "/whoami")).code is Code.CONTENT
                 assert (await second.get(uri + "/whoami")).code is Code.CONTENT
-                older = next(iter(transport._idle))
-                before = older.last_activity
-                first_transport = server_transport(first)
-                [first_session] = first_transport.sessions
-                assert older.peer.address[1] == first_transport.local_address[1]
-                forged = bytes([23, 0xFE, 0xFD, 0, 1]) + (10**6).to_bytes(6, "big") + b"\x00\x40" + bytes(64)
-                first_transport.sock.sendto(forged, first_session.peer.address)
-                first_transport.sock.sendto(SPOOFED, first_session.peer.address)  # processed after it
-                await until(lambda: older.discarded == 1)
-                assert next(iter(transport._idle)) is older and older.last_activity == before
-                assert (await first.get(uri + "/whoami")).code is Code.CONTENT
-                assert next(iter(transport._idle)) is not older and older.last_activity > before
+            yield server, transport, first, second, uri
+
+
+async def test_datagrams_that_do_not_decrypt_are_not_activity() -> None:
+    """A forged record from a client's address neither refreshes its session's idle time nor moves it
+    to the recently active end of the table (the next to make room stays the next)."""
+    async with two_established_clients() as (_, transport, first, _second, uri):
+        with trio.fail_after(10):
+            older = next(iter(transport._idle))
+            before = older.last_activity
+            first_transport = server_transport(first)
+            [first_session] = first_transport.sessions
+            assert older.peer.address[1] == first_transport.local_address[1]
+            forged = bytes([23, 0xFE, 0xFD, 0, 1]) + (10**6).to_bytes(6, "big") + b"\x00\x40" + bytes(64)
+            first_transport.sock.sendto(forged, first_session.peer.address)
+            first_transport.sock.sendto(SPOOFED, first_session.peer.address)  # processed after it
+            await until(lambda: older.discarded == 1)
+            assert next(iter(transport._idle)) is older and older.last_activity == before
+            assert (await first.get(uri + "/whoami")).code is Code.CONTENT
+            assert next(iter(transport._idle)) is not older and older.last_activity > before
 
 
 async def test_what_we_send_moves_a_session_to_the_recently_active_end() -> None:
     """Sending refreshes a session's idle time and its place in the table together, so idle expiry (which
     walks the table from its least recently active end) never stops at a session just written to."""
-    s, _ = site()
-    async with Context(bind="coaps://127.0.0.1:0", site=s, dtls=SERVER_CREDS) as server:
-        transport = server_transport(server)
-        uri = base_uri(server)
-        async with client() as first, client() as second:
-            with trio.fail_after(10):
-                assert (await first.get(uri + "/whoami")).code is Code.CONTENT
-                assert (await second.get(uri + "/whoami")).code is Code.CONTENT
-            older = next(iter(transport._idle))
-            transport.send(Message(Type.NON, Code.GET, token=b"x", remote=older.peer))  # synchronous
-            assert next(iter(transport._idle)) is not older
-            assert list(transport._idle)[-1] is older
+    async with two_established_clients() as (_, transport, _first, _second, _uri):
+        older = next(iter(transport._idle))
+        transport.send(Message(Type.NON, Code.GET, token=b"x", remote=older.peer))  # synchronous
+        assert next(iter(transport._idle)) is not older
+        assert list(transport._idle)[-1] is older
 
 
 async def test_our_requests_never_use_a_session_a_client_opened() -> None:
