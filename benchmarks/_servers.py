@@ -99,13 +99,14 @@ def run_aiocoap(port: int, seconds: float | None = None) -> None:
     asyncio.run(serve_aiocoap(site, port, seconds))
 
 
-async def serve_aiocoap(site: Any, port: int, seconds: float | None = None) -> None:
-    """Serve an aiocoap site on HOST:port until SIGTERM/SIGINT (or for ``seconds``)."""
+async def serve_aiocoap(site: Any, port: int, seconds: float | None = None, **context: Any) -> None:
+    """Serve an aiocoap site on HOST:port until SIGTERM/SIGINT (or for ``seconds``); ``context`` goes to
+    ``create_server_context`` (e.g. ``server_credentials``)."""
     import asyncio
 
     import aiocoap
 
-    ctx = await aiocoap.Context.create_server_context(site, bind=(HOST, port))
+    ctx = await aiocoap.Context.create_server_context(site, bind=(HOST, port), **context)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 

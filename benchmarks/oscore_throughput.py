@@ -113,7 +113,6 @@ def serve_aiocoap(port: int, credentials: str | None, seconds: float | None) -> 
     """aiocoap's server with ``_servers.run_aiocoap``'s resource, wrapped in OscoreSiteWrapper when
     ``credentials`` is given (as ``aiocoap.cli.common.server_context_from_arguments`` does)."""
     import asyncio
-    import contextlib
 
     import aiocoap
     import aiocoap.resource
@@ -134,23 +133,7 @@ def serve_aiocoap(port: int, credentials: str | None, seconds: float | None) -> 
             server_credentials.load_from_dict(json.load(f))
         site = OscoreSiteWrapper(site, server_credentials)
 
-    async def main() -> None:
-        ctx = await aiocoap.Context.create_server_context(site, bind=(_servers.HOST, port),
-                                                          server_credentials=server_credentials)
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def finish() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, finish)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done, seconds)
-        await ctx.shutdown()
-
-    asyncio.run(main())
+    asyncio.run(_servers.serve_aiocoap(site, port, seconds, server_credentials=server_credentials))
 
 
 def _serve_main(args: argparse.Namespace) -> int:
@@ -299,17 +282,6 @@ def measure(name: str, exe: Path, datagrams: Path, check: Check, template: Path,
         raise RuntimeError(f"no request answered with {out.get('ok_code', '?')} (errors "
                            f"{out.get('errors')}, 4.01 {out.get('unauthorized')}, lost {out.get('lost')})")
     return out
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [r for r in runs if "error" not in r]
-    if not good:
-        return runs[-1]
-    ordered = sorted(good, key=lambda r: r["rps"])
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["runs"] = len(good)
-    chosen["rps_all"] = [round(r["rps"], 1) for r in good]
-    return chosen
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -478,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         runs[name].append({"server": name, "error": f"{type(e).__name__}: {e}"})
         finally:
             _servers.close_logs()
-    results = [median_run(runs[name]) for name in args.server_names]
+    results = [server_throughput.median_run(runs[name]) for name in args.server_names]
     summary = {
         "config": {
             "servers": args.server_names, "window": args.window, "sockets": args.sockets,
