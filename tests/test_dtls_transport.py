@@ -17,8 +17,9 @@ pytest.importorskip("OpenSSL")
 trustme = pytest.importorskip("trustme")
 
 from dtls_support import make_certificates, until  # noqa: E402
+from site_support import Counter, Store, WhoAmI  # noqa: E402
 
-from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning, Type  # noqa: E402
+from coapio import Code, Context, Message, Resource, Site, TransportTuning, Type  # noqa: E402
 from coapio.error import NetworkError, NoTransport  # noqa: E402
 from coapio.protocol.dtls import DtlsCredentials, HandshakeFailed, Psk, records  # noqa: E402
 from coapio.protocol.dtls.engine import Endpoint, State  # noqa: E402
@@ -28,35 +29,7 @@ PSK = Psk(b"client1", b"secret-key")
 BIG = os.urandom(64 * 1024)
 
 
-class WhoAmI(Resource):
-    def render_get(self, request: Message) -> Message:
-        return Message(payload=str(request.security).encode())
 
-
-class Store(Resource):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = b"hello"
-
-    def render_get(self, request: Message) -> Message:
-        return Message(payload=self.data)
-
-    def render_put(self, request: Message) -> Message:
-        self.data = request.payload
-        return Message(code=Code.CHANGED)
-
-
-class Counter(ObservableResource):
-    def __init__(self) -> None:
-        super().__init__()
-        self.value = 0
-
-    def render_get(self, request: Message) -> Message:
-        return Message(payload=b"n=%d" % self.value)
-
-    def bump(self) -> None:
-        self.value += 1
-        self.notify()
 
 
 def site() -> tuple[Site, Counter]:

@@ -23,8 +23,9 @@ import attrs
 import pytest
 import trio
 from conftest import require_binary, require_interop
+from site_support import Counter, Store, WhoAmI
 
-from coapio import Code, Context, Message, ObservableResource, Resource, Site, TransportTuning
+from coapio import Code, Context, Site, TransportTuning
 
 trustme = require_interop("trustme")
 require_interop("OpenSSL")
@@ -55,39 +56,7 @@ def other(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 # --- coapio's server ---------------------------------------------------------------------------------
 
 
-class WhoAmI(Resource):
-    def render_get(self, request: Message) -> Message:
-        return Message(payload=str(request.security).encode())
 
-
-class Store(Resource):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = b"hello from coapio"
-        self.puts: list[int] = []
-
-    def render_get(self, request: Message) -> Message:
-        return Message(payload=self.data)
-
-    def render_put(self, request: Message) -> Message:
-        self.puts.append(len(request.payload))
-        self.data = request.payload
-        return Message(code=Code.CHANGED)
-
-
-class Counter(ObservableResource):
-    def __init__(self) -> None:
-        super().__init__()
-        self.value = 0
-        self.observe_options: list[int | None] = []
-
-    def render_get(self, request: Message) -> Message:
-        self.observe_options.append(request.opt.observe)
-        return Message(payload=b"n=%d" % self.value)
-
-    def bump(self) -> None:
-        self.value += 1
-        self.notify()
 
 
 @attrs.define

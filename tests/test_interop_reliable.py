@@ -42,8 +42,9 @@ import pytest
 import sniffio
 import trio
 from conftest import require_binary, require_interop
+from site_support import Counter, Store
 
-from coapio import Code, Context, Message, ObservableResource, Resource, Site
+from coapio import Code, Context, Message, Site
 from coapio.error import NetworkError
 from coapio.transports.tls import client_context, server_context
 
@@ -111,38 +112,6 @@ def _free_tcp_port() -> int:
 # --- coapio's server side ------------------------------------------------------------------------------
 
 
-class Store(Resource):
-    """GET returns what the last PUT stored; PUT of 64 KiB arrives block-wise, reassembled."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = b"hello from coapio"
-        self.puts: list[int] = []
-
-    def render_get(self, request: Message) -> Message:
-        return Message(payload=self.data)
-
-    def render_put(self, request: Message) -> Message:
-        self.puts.append(len(request.payload))
-        self.data = request.payload
-        return Message(code=Code.CHANGED)
-
-
-class Counter(ObservableResource):
-    """Observable ``n=<value>``; records the Observe option of every request it renders."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value = 0
-        self.observe_options: list[int | None] = []
-
-    def render_get(self, request: Message) -> Message:
-        self.observe_options.append(request.opt.observe)
-        return Message(payload=b"n=%d" % self.value)
-
-    def bump(self) -> None:
-        self.value += 1
-        self.notify()
 
 
 def _coapio_site() -> tuple[Site, Store, Counter]:
